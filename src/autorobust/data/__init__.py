@@ -1,0 +1,1 @@
+"""Data: sources, distribution shift, splits and batched augmentation."""
