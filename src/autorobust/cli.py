@@ -1,0 +1,212 @@
+"""The ``autorobust`` command. Argument parsing lives here only; the library gets typed objects.
+
+Every user error (bad config, missing file, impossible shift, unknown name) is printed as one line
+on stderr with exit status 2; ``--debug`` shows the traceback instead. Ctrl-C exits with 130 and
+leaves checkpoints and studies resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autorobust import __version__
+from autorobust.errors import AutorobustError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file, or the name of a bundled config (demo)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    parser.add_argument("--run-dir", help="run directory (overrides run_dir in the config)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides device")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_arguments(parser)
+    parser.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run dir)")
+    parser.add_argument("--study-name", help="study name; workers sharing it share the study")
+    parser.add_argument("--n-trials", type=int, help="finished trials the study should reach")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    parser.add_argument("--sampler", choices=["tpe", "random", "nsga2"], help="search strategy")
+    parser.add_argument(
+        "--no-retrain", action="store_true", help="skip retraining the best trial with full budget"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``autorobust`` command."""
+    parser = argparse.ArgumentParser(
+        prog="autorobust",
+        description="Design how an image classifier copes with imbalanced, noisy or unlabeled data.",
+    )
+    parser.add_argument("--version", action="version", version=f"autorobust {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one configuration")
+    _add_config_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a run directory on its test split")
+    evaluate.add_argument("run_dir", help="a run directory written by `autorobust train`")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+    search = commands.add_parser("search", help="search a design with Optuna")
+    kinds = search.add_subparsers(dest="kind", required=True, metavar="KIND")
+    baseline = kinds.add_parser("baseline", help="TPE over the baseline losses and learning rate")
+    _add_search_arguments(baseline)
+
+    commands.add_parser("datasets", help="list data sources and whether their files are present")
+
+    demo = commands.add_parser("demo", help="a two-minute tour on the bundled digits data")
+    demo.add_argument("--run-dir", default="runs/demo", help="where the demo writes its runs")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentConfig
+    from autorobust.config import load_config
+
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    return load_config(args.config, overrides)
+
+
+def _format(value: float | None) -> str:
+    return "   n/a" if value is None else f"{100 * value:6.2f}"
+
+
+def _print_test_summary(label: str, metrics: dict[str, Any]) -> None:
+    test = metrics["test"]
+    print(
+        f"{label}: test accuracy {_format(test['accuracy'])}%  balanced {_format(test['balanced_accuracy'])}%"
+        f"  worst-class {_format(test['worst_class_accuracy'])}%  macro-F1 {_format(test['macro_f1'])}%"
+    )
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from autorobust.experiment import train_run
+
+    config = _load(args)
+    result = train_run(config, resume=args.resume)
+    _print_test_summary(config.loss.name, result.metrics)
+    print(f"wrote {result.run_dir / 'metrics.json'}")
+    return 0
+
+
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from autorobust.experiment import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, device=args.device)
+    _print_test_summary(str(args.run_dir), metrics)
+    print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def _command_search(args: argparse.Namespace) -> int:
+    from autorobust.search.baseline import search_baselines
+
+    config = _load(args)
+    updates = {
+        "storage": args.storage,
+        "study_name": args.study_name,
+        "n_trials": args.n_trials,
+        "timeout": args.timeout,
+        "sampler": args.sampler,
+    }
+    updates = {key: value for key, value in updates.items() if value is not None}
+    if updates:
+        from autorobust.config import validate_config
+
+        raw = config.to_dict()
+        raw["search"].update(updates)
+        config = validate_config(raw, where="command line")
+    default_name = f"{args.kind}-{Path(args.config).stem}"
+    outcome = search_baselines(config, default_study_name=default_name, retrain=not args.no_retrain)
+    print(f"best trial: {outcome.best['params']} (validation balanced accuracy "
+          f"{_format(outcome.best['value'])}%)")
+    if outcome.retrained is not None:
+        _print_test_summary("retrained best", outcome.retrained.metrics)
+    print(f"wrote {outcome.run_dir}")
+    return 0
+
+
+def _command_datasets(args: argparse.Namespace) -> int:
+    from autorobust.data.sources import describe_sources
+
+    rows = describe_sources()
+    width = max(len(name) for name, *_ in rows)
+    for name, description, present, missing in rows:
+        status = "ready" if present else f"missing {missing[0]}" + (
+            f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        )
+        print(f"{name:<{width}}  {status:<10}  {description}")
+    return 0
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from autorobust.demo import run_demo
+
+    run_demo(Path(args.run_dir), progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {
+    "train": _command_train,
+    "evaluate": _command_evaluate,
+    "search": _command_search,
+    "datasets": _command_datasets,
+    "demo": _command_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AutorobustError as exc:
+        if args.debug:
+            raise
+        print(f"autorobust: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # unwritable run directory, full disk, ...: the message names the path
+        if args.debug:
+            raise
+        print(f"autorobust: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            "autorobust: interrupted; checkpoints and studies are kept: rerun the same command "
+            "(with --resume for train) to continue",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Typed, validated run configuration (pydantic v2) and its YAML loading.
+
+A config is a tree of frozen models with ``extra="forbid"``: a wrong type, an unknown key or an
+impossible value is reported with the field's dotted path before any work starts. YAML parsing and
+``--set a.b=value`` overrides live here and in the CLI only; library code receives these objects.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autorobust.errors import ConfigError
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "LossConfig",
+    "ModelConfig",
+    "SearchConfig",
+    "ShiftConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "bundled_configs",
+    "load_config",
+    "resolve_config_path",
+    "validate_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which source to read and how to split it (METHODS.md section 1, "Splits")."""
+
+    source: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the source, e.g. ``root`` or ``image_size``."""
+    meta_per_class: int = Field(10, ge=1)
+    """Clean, class-balanced images per class drawn before the shift: MW-Net's meta set."""
+    unlabeled_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    """Fraction of the training pool, class-balanced, exposed without labels."""
+
+
+class ShiftConfig(_Strict):
+    """Simulated distribution shift of the training pool: imbalance first, then label noise."""
+
+    imbalance: Literal["none", "long_tail", "step"] = "none"
+    rho: float = Field(1.0, ge=1.0)
+    """Imbalance ratio n_max / n_min."""
+    mu: float = Field(0.5, gt=0.0, lt=1.0)
+    """Step imbalance: fraction of minority classes."""
+    n_max: int | None = Field(None, ge=1)
+    """Size of the largest class; default: the smallest class size available."""
+    noise: Literal["none", "symmetric", "pair", "matrix"] = "none"
+    noise_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    noise_matrix: list[list[float]] | None = None
+    include_true_class: bool = False
+    """Symmetric noise drawn from all K classes, as MW-Net's code does (real rate p(K-1)/K)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShiftConfig:
+        if self.noise == "matrix" and self.noise_matrix is None:
+            raise ValueError("noise 'matrix' needs noise_matrix (a K x K row-stochastic list)")
+        if self.noise != "matrix" and self.noise_matrix is not None:
+            raise ValueError(f"noise_matrix is only used with noise 'matrix', not {self.noise!r}")
+        if self.noise in ("symmetric", "pair") and self.noise_rate == 0.0:
+            raise ValueError(f"noise {self.noise!r} needs noise_rate > 0 (or noise 'none')")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = "small_cnn"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Strict):
+    name: str = "cross_entropy"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(_Strict):
+    """Batched augmentation of training images (see :mod:`autorobust.data.augment`)."""
+
+    crop_padding: int = Field(0, ge=0)
+    hflip: bool = False
+    grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
+    jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    cutout: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """SGD with momentum; the learning rate follows ``schedule`` per epoch."""
+
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    """Step schedule: fractions of ``epochs`` at which the rate is multiplied by ``gamma``."""
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    """Linear learning-rate warm-up over the first epochs (LDAM and AutoBalance use 5)."""
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if any(not 0.0 < m < 1.0 for m in self.milestones):
+            raise ValueError(f"milestones must be fractions in (0, 1), got {self.milestones}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
+            )
+        return self
+
+
+class SearchConfig(_Strict):
+    """How a search runs (Optuna); see :class:`autorobust.search.runner.SearchSettings`."""
+
+    study_name: str | None = None
+    """Default: ``<kind>-<config file stem>``."""
+    storage: str | None = None
+    """Any Optuna storage URL; default an SQLite file in the run directory."""
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0.0)
+    n_startup_trials: int = Field(10, ge=0)
+    n_ei_candidates: int = Field(24, ge=1)
+    gamma: float | None = Field(None, gt=0.0, lt=1.0)
+    multivariate: bool = False
+    pruner: Literal["median", "none"] = "median"
+    trial_epochs: int | None = Field(None, ge=1)
+    """Shortened training budget of one trial; default: ``train.epochs``."""
+    heartbeat_interval: int = Field(60, ge=1)
+    max_retry: int = Field(3, ge=0)
+
+
+class ExperimentConfig(_Strict):
+    """A whole run: data, shift, model, loss, training and (optionally) search settings."""
+
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_dir: str = "runs/default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    shift: ShiftConfig = Field(default_factory=ShiftConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict of every field, defaults included."""
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(exc: ValidationError, where: str) -> str:
+    parts = []
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"]) or "<root>"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] not in ("value_error", "missing") and "input" in error:
+            message = f"{message} (got {error['input']!r})"
+        parts.append(f"{path}: {message}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def validate_config(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    """Validate a raw dict into an :class:`ExperimentConfig`; raise a one-line ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, where)) from None
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Configs shipped with the package, by name (file stem)."""
+    folder = resources.files("autorobust") / "configs"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to an existing YAML file, or the name of a bundled config (e.g. ``demo``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    if str(name_or_path) in bundled:
+        return bundled[str(name_or_path)]
+    if path.exists():
+        raise ConfigError(f"{path}: not a file")
+    names = ", ".join(sorted(bundled))
+    raise ConfigError(f"{path}: no such config file (bundled configs: {names})")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a raw config dict; values are parsed as YAML scalars.
+
+    ``--set train.epochs=3`` sets an int, ``--set shift.noise=none`` a string. An override whose
+    path crosses a non-mapping is an error; unknown keys are left to validation to report.
+    """
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. train.epochs=3")
+        node = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {item!r}: {prefix} is not a mapping")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = text
+    return result
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (a path or a bundled name), apply ``overrides`` and validate it."""
+    path = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{line}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return validate_config(apply_overrides(raw, overrides or []), where=str(path))

@@ -1,0 +1,343 @@
+"""The train / meta / test / unlabeled splits of one experiment (METHODS.md section 1, "Splits").
+
+:func:`make_splits` builds them from a source's own train and test splits in a fixed order:
+
+1. the source's test split is kept untouched (balanced as shipped) and is only for reporting;
+2. the **meta / validation set**, ``meta_per_class`` clean images of every class, is drawn from
+   the source's train split *before* any shift (MW-Net's clean balanced meta set; model
+   selection uses it, never the test set);
+3. the rest is subsampled to the imbalance profile, then its labels are corrupted by the noise
+   model; clean labels, the noise mask and the indices into the source are kept;
+4. the **unlabeled view** (CSNAS's search subset) is a stratified ``unlabeled_fraction`` of the
+   shifted training pool with its labels dropped.
+
+Randomness: ``np.random.SeedSequence(seed).spawn(4)`` gives four independent streams, one each
+for the meta set, the imbalance subsample, the noise and the unlabeled view. With one shared
+generator, changing e.g. the noise rate would change how many numbers the noise step draws and
+thereby every later draw; with separate streams, the meta set and the training images are the
+same whatever the noise setting, and the noisy labels are the same whatever the unlabeled
+fraction, so runs that differ in one setting differ only in what that setting controls.
+
+AutoBalance's alternative validation split (an 80/20 split of every class, then the same
+imbalance on both parts) is not built here; see the project notes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from autorobust.data.base import ImageDataset, SourceData
+from autorobust.data.shift import (
+    apply_label_noise,
+    imbalance_indices,
+    long_tail_counts,
+    noise_transition_matrix,
+    step_counts,
+)
+from autorobust.errors import ConfigError, ShiftError
+
+__all__ = ["Splits", "TrainingPool", "make_splits"]
+
+_IMBALANCE_KINDS = ("none", "long_tail", "step")
+_NOISE_KINDS = ("none", "symmetric", "pair", "matrix")
+
+
+@dataclass(frozen=True)
+class TrainingPool:
+    """The shifted training images with observed (possibly noisy) and clean labels.
+
+    Attributes:
+        images: uint8 (N, H, W, C).
+        labels: int64 (N,), the observed labels a learner may use.
+        clean_labels: int64 (N,), the true labels (for evaluation of reweighting only).
+        noise_mask: bool (N,), ``labels != clean_labels``.
+        source_index: int64 (N,), positions in the source's train split, sorted ascending.
+        groups: optional int64 (N,) group attributes carried over from the source.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    clean_labels: np.ndarray
+    noise_mask: np.ndarray
+    source_index: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
+            )
+        for name in ("labels", "clean_labels", "source_index"):
+            value = getattr(self, name)
+            if value.dtype != np.int64 or value.shape != (n,):
+                raise ValueError(f"{name} must be int64 ({n},), got {value.dtype} {value.shape}")
+        if self.noise_mask.dtype != np.bool_ or self.noise_mask.shape != (n,):
+            raise ValueError(
+                f"noise_mask must be bool ({n},), got {self.noise_mask.dtype} "
+                f"{self.noise_mask.shape}"
+            )
+        if self.groups is not None and self.groups.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},), got {self.groups.shape}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def realised_noise_rate(self) -> float:
+        """Fraction of wrong observed labels (0.0 for an empty pool)."""
+        return float(self.noise_mask.mean()) if len(self) else 0.0
+
+    def as_dataset(self) -> ImageDataset:
+        """The pool as an :class:`ImageDataset` with the *observed* labels."""
+        return ImageDataset(self.images, self.labels, self.groups)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Everything an experiment trains, selects and reports on.
+
+    Attributes:
+        train: the shifted training pool (imbalanced, noisy labels, clean labels kept).
+        meta: clean, class-balanced meta / validation set, uint8 images and int64 labels.
+        meta_index: int64 (M,), positions of ``meta`` in the source's train split, sorted;
+            disjoint from ``train.source_index``.
+        test: the source's test split, untouched.
+        unlabeled: uint8 (U, H, W, C) images of the unlabeled view; no labels.
+        unlabeled_index: int64 (U,), positions of ``unlabeled`` in ``train``, sorted (for
+            bookkeeping; a label-free method must not read labels through it).
+        class_names: the K class names.
+    """
+
+    train: TrainingPool
+    meta: ImageDataset
+    meta_index: np.ndarray
+    test: ImageDataset
+    unlabeled: np.ndarray
+    unlabeled_index: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """K."""
+        return len(self.class_names)
+
+    @property
+    def train_class_counts(self) -> np.ndarray:
+        """int64 (K,), training images per *observed* label: the n_c that losses such as
+        logit adjustment see (the clean counts are unknown to a learner)."""
+        return np.bincount(self.train.labels, minlength=self.num_classes).astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes, class counts and realised noise rate as plain JSON-serialisable values."""
+        k = self.num_classes
+        clean_counts = np.bincount(self.train.clean_labels, minlength=k)
+        nonzero = clean_counts[clean_counts > 0]
+        return {
+            "num_classes": k,
+            "class_names": list(self.class_names),
+            "train_size": len(self.train),
+            "meta_size": len(self.meta),
+            "test_size": len(self.test),
+            "unlabeled_size": len(self.unlabeled),
+            "train_class_counts": self.train_class_counts.tolist(),
+            "train_clean_class_counts": clean_counts.tolist(),
+            "meta_class_counts": np.bincount(self.meta.labels, minlength=k).tolist(),
+            "test_class_counts": np.bincount(self.test.labels, minlength=k).tolist(),
+            "imbalance_ratio": float(nonzero.max() / nonzero.min()) if nonzero.size else 1.0,
+            "noise_rate": self.train.realised_noise_rate,
+        }
+
+
+def _check_number(name: str, value: float, low: float, high: float, closed_high: bool) -> None:
+    ok = math.isfinite(value) and low < value and (value <= high if closed_high else value < high)
+    if not ok:
+        bracket = "]" if closed_high else ")"
+        raise ConfigError(f"{name} must lie in ({low:g}, {high:g}{bracket}, got {value}")
+
+
+def _imbalance_counts(
+    imbalance: str, available: np.ndarray, rho: float, mu: float, n_max: int | None
+) -> np.ndarray | None:
+    """Wanted per-class sizes of the training pool, or None to keep every remaining image."""
+    if imbalance == "none" and n_max is None:
+        return None
+    if n_max is None:
+        # The smallest remaining class bounds n_max: each profile asks at most n_max of a class.
+        n_max = int(available.min())
+    k = available.size
+    if imbalance == "none":
+        counts = long_tail_counts(n_max, k, 1.0)
+    elif imbalance == "long_tail":
+        counts = long_tail_counts(n_max, k, rho)
+    else:
+        counts = step_counts(n_max, k, rho, mu)
+    short = np.flatnonzero(counts > available)
+    if short.size:
+        c = int(short[0])
+        raise ShiftError(
+            f"n_max={n_max} asks for {int(counts[c])} examples of class {c}, which has only "
+            f"{int(available[c])} left after the meta set; lower n_max"
+        )
+    return counts
+
+
+def _stratified_sample(
+    labels: np.ndarray, num_classes: int, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted positions of round(fraction * n_c) (at least 1) samples of every present class."""
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if members.size == 0:
+            continue
+        size = min(members.size, max(1, math.floor(fraction * members.size + 0.5)))
+        chosen.append(rng.choice(members, size=size, replace=False))
+    if not chosen:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(chosen).astype(np.int64))
+
+
+def make_splits(
+    source: SourceData,
+    *,
+    meta_per_class: int,
+    imbalance: Literal["none", "long_tail", "step"] = "none",
+    rho: float = 1.0,
+    mu: float = 0.5,
+    n_max: int | None = None,
+    noise: Literal["none", "symmetric", "pair", "matrix"] = "none",
+    noise_rate: float = 0.0,
+    noise_matrix: np.ndarray | None = None,
+    include_true_class: bool = False,
+    unlabeled_fraction: float = 0.1,
+    seed: int,
+) -> Splits:
+    """Build the experiment's splits from ``source`` in the fixed order of the module docstring.
+
+    Args:
+        source: the source's train and test splits (uint8 (N, H, W, C) images, int64 labels).
+        meta_per_class: clean images per class in the meta / validation set, >= 1 (MW-Net: 10
+            per class for imbalance, 100 per class for noise on CIFAR-10).
+        imbalance: "none" (keep all remaining images, or exactly ``n_max`` per class when
+            ``n_max`` is given), "long_tail" (exponential profile) or "step".
+        rho: imbalance ratio n_max / n_min >= 1; must be 1 with imbalance "none".
+        mu: fraction of minority classes for the step profile, in (0, 1).
+        n_max: size of the largest class after the shift; default the smallest class size left
+            after the meta set is drawn, so that every class can supply its share.
+        noise: "none", "symmetric", "pair" or "matrix" (see
+            :func:`autorobust.data.shift.noise_transition_matrix`).
+        noise_rate: p in [0, 1); must be 0 with noise "none"; unused with "matrix".
+        noise_matrix: (K, K) row-stochastic matrix for noise "matrix".
+        include_true_class: symmetric noise drawn from all K classes (MW-Net's code).
+        unlabeled_fraction: fraction in (0, 1] of every class (by clean label) of the shifted
+            training pool that forms the unlabeled view; at least one image per present class.
+        seed: non-negative integer seeding all four random streams.
+
+    Returns:
+        :class:`Splits`.
+
+    Raises:
+        ConfigError: an argument is out of range or contradicts another.
+        ShiftError: the shift is impossible for this source (a class too small, an empty class).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if (
+        isinstance(meta_per_class, bool)
+        or not isinstance(meta_per_class, (int, np.integer))
+        or meta_per_class < 1
+    ):
+        raise ConfigError(
+            f"meta_per_class must be an integer >= 1 (model selection needs a meta set), "
+            f"got {meta_per_class!r}"
+        )
+    if imbalance not in _IMBALANCE_KINDS:
+        raise ConfigError(
+            f"imbalance must be one of {', '.join(_IMBALANCE_KINDS)}; got {imbalance!r}"
+        )
+    if noise not in _NOISE_KINDS:
+        raise ConfigError(f"noise must be one of {', '.join(_NOISE_KINDS)}; got {noise!r}")
+    if imbalance == "none" and rho != 1.0:
+        raise ConfigError(f"rho={rho} has no effect with imbalance 'none'; set rho to 1")
+    if noise == "none" and noise_rate != 0.0:
+        raise ConfigError(f"noise_rate={noise_rate} has no effect with noise 'none'; set it to 0")
+    if noise != "matrix" and noise_matrix is not None:
+        raise ConfigError(f"noise_matrix is only used with noise 'matrix', got noise {noise!r}")
+    if n_max is not None and (
+        isinstance(n_max, bool) or not isinstance(n_max, (int, np.integer)) or n_max < 1
+    ):
+        raise ConfigError(f"n_max must be a positive integer or None, got {n_max!r}")
+    _check_number("unlabeled_fraction", unlabeled_fraction, 0.0, 1.0, closed_high=True)
+
+    k = source.num_classes
+    labels = source.train.labels
+    meta_rng, imbalance_rng, noise_rng, unlabeled_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4)
+    )
+
+    # (2) The meta set comes from the clean pool before any shift, so it stays balanced and
+    # its images can never appear in the training pool.
+    per_class = np.bincount(labels, minlength=k)
+    too_small = np.flatnonzero(per_class <= meta_per_class)
+    if too_small.size:
+        c = int(too_small[0])
+        raise ShiftError(
+            f"meta_per_class={meta_per_class} leaves no training images of class {c} "
+            f"({source.class_names[c]!r} has {int(per_class[c])} in the source train split)"
+        )
+    meta_index = np.sort(
+        np.concatenate(
+            [
+                meta_rng.choice(np.flatnonzero(labels == c), size=meta_per_class, replace=False)
+                for c in range(k)
+            ]
+        ).astype(np.int64)
+    )
+    rest = np.setdiff1d(np.arange(len(labels), dtype=np.int64), meta_index, assume_unique=True)
+
+    # (3) Imbalance, then noise, on the rest only.
+    counts = _imbalance_counts(imbalance, np.bincount(labels[rest], minlength=k), rho, mu, n_max)
+    if counts is None:
+        train_index = rest
+    else:
+        train_index = rest[imbalance_indices(labels[rest], counts, imbalance_rng)]
+    clean = labels[train_index].astype(np.int64)
+    if noise == "none":
+        observed, noise_mask = clean.copy(), np.zeros(clean.shape, dtype=bool)
+    else:
+        transition = noise_transition_matrix(
+            noise,
+            noise_rate,
+            k,
+            matrix=noise_matrix,
+            include_true_class=include_true_class,
+        )
+        noisy = apply_label_noise(clean, transition, noise_rng)
+        observed, noise_mask = noisy.observed, noisy.noise_mask
+    groups = None if source.train.groups is None else source.train.groups[train_index]
+    train = TrainingPool(
+        images=source.train.images[train_index],
+        labels=observed,
+        clean_labels=clean,
+        noise_mask=noise_mask,
+        source_index=train_index,
+        groups=groups,
+    )
+
+    # (4) Stratified by the clean label so the view has the shifted class distribution exactly,
+    # whatever the noise; the labels themselves are dropped.
+    unlabeled_index = _stratified_sample(clean, k, unlabeled_fraction, unlabeled_rng)
+    return Splits(
+        train=train,
+        meta=source.train.subset(meta_index),
+        meta_index=meta_index,
+        test=source.test,
+        unlabeled=train.images[unlabeled_index],
+        unlabeled_index=unlabeled_index,
+        class_names=tuple(source.class_names),
+    )

@@ -1,0 +1,339 @@
+"""Empirical-risk-minimisation trainer: SGD with momentum, checkpoints, exact resume.
+
+The loop is meant to be read in one sitting. Later methods (reweighting, bilevel loss learning)
+subclass :class:`Trainer` and override :meth:`Trainer.training_step`, plus
+:meth:`Trainer.extra_state` / :meth:`Trainer.load_extra_state` for what they must checkpoint.
+
+Determinism: the shuffling, the augmentation and every use of torch's global generator inside an
+epoch (dropout) derive from ``(seed, epoch)``, so an epoch's outcome depends only on the weights and
+optimiser state it starts from. A run resumed from the checkpoint of epoch k therefore ends with
+exactly the same weights as an uninterrupted run (on CPU; CUDA kernels may be nondeterministic).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from autorobust._io import atomic_write
+from autorobust.config import TrainConfig
+from autorobust.data.augment import BatchAugment
+from autorobust.data.tensors import Normalization, images_to_tensor, to_unit_float
+from autorobust.errors import AutorobustError
+from autorobust.losses.base import ClassificationLoss
+from autorobust.train.metrics import classification_metrics
+from autorobust.train.schedule import lr_factor
+
+__all__ = ["CHECKPOINT_NAME", "EpochRecord", "LabeledImages", "TrainResult", "Trainer", "predict"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_CHECKPOINT_VERSION = 1
+
+
+class LabeledImages(Protocol):
+    """Anything with uint8 ``images`` (N, H, W, C) and int64 ``labels`` (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch produced; ``val_*`` are measured on the validation (meta) split."""
+
+    epoch: int
+    train_loss: float
+    val_balanced_accuracy: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.fit`; ``model`` holds the weights of ``best_epoch``."""
+
+    model: nn.Module
+    best_epoch: int
+    best_score: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalization,
+    *,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W) on the model's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model(normalize(images[i : i + batch_size])).float().cpu()
+                  for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+class Trainer:
+    """Trains ``model`` on a training split, selecting the epoch by balanced accuracy on validation.
+
+    Args:
+        model: a classifier taking normalised float images (B, C, H, W) to logits (B, K).
+        loss: the training loss (per-sample losses and their mean).
+        settings: optimiser, schedule, epochs, batch size, augmentation.
+        device: where to train.
+        seed: seeds shuffling, augmentation and dropout (see the module docstring).
+        run_dir: where ``checkpoint.pt`` is written after every epoch; None: no checkpoints.
+        callbacks: called with each :class:`EpochRecord` after its checkpoint is written; a search
+            uses this to report intermediate values (and may raise to prune the trial).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        loss: ClassificationLoss,
+        settings: TrainConfig,
+        device: torch.device,
+        seed: int,
+        run_dir: Path | None = None,
+        callbacks: Sequence[Callable[[EpochRecord], None]] = (),
+        fingerprint: str = "",
+    ) -> None:
+        self.model = model.to(device)
+        self.loss = loss.to(device)
+        self.settings = settings
+        self.device = device
+        self.seed = seed
+        self.run_dir = run_dir
+        self.callbacks = list(callbacks)
+        self.fingerprint = fingerprint
+        self.augment = BatchAugment(**settings.augment.model_dump())
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov and settings.momentum > 0,
+            weight_decay=settings.weight_decay,
+        )
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+
+    def training_step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """One optimisation step on a batch; returns the (detached) training loss.
+
+        Args:
+            x: normalised, augmented images (B, C, H, W) float32.
+            y: observed labels (B,) int64.
+            index: positions of the batch's samples in the training split (B,) int64.
+            step: global optimisation step (0-based).
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def extra_state(self) -> dict[str, Any]:
+        """State a subclass needs checkpointed besides model, optimiser and scheduler."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, train: LabeledImages, val: LabeledImages, *, resume: bool = False) -> TrainResult:
+        """Train for ``settings.epochs`` epochs; return the model at its best validation epoch.
+
+        Args:
+            train: the training split (observed, possibly noisy labels).
+            val: the clean validation / meta split used for model selection (never the test set).
+            resume: continue from ``run_dir/checkpoint.pt``; without one, start afresh.
+
+        Raises:
+            KeyboardInterrupt: on Ctrl-C; the checkpoint of the last finished epoch stays on disk.
+        """
+        settings = self.settings
+        self.normalize = Normalization.from_images(train.images)
+        x_train = images_to_tensor(train.images, self.device)
+        y_train = torch.as_tensor(train.labels, dtype=torch.int64, device=self.device)
+        x_val = images_to_tensor(val.images, self.device)
+        num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
+        steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)
+        total_steps = settings.epochs * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(
+                step,
+                total_steps,
+                schedule=settings.schedule,
+                warmup_steps=settings.warmup_epochs * steps_per_epoch,
+                milestones=settings.milestones,
+                gamma=settings.gamma,
+            ),
+        )
+        start_epoch, best_epoch, best_score = 0, -1, -math.inf
+        best_state = copy.deepcopy(self.model.state_dict())
+        history: list[EpochRecord] = []
+        if resume:
+            checkpoint = self._load_checkpoint()
+            if checkpoint is not None:
+                self.model.load_state_dict(checkpoint["model"])
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                scheduler.load_state_dict(checkpoint["scheduler"])
+                self.load_extra_state(checkpoint["extra"])
+                start_epoch = checkpoint["epoch"]
+                best_epoch, best_score = checkpoint["best_epoch"], checkpoint["best_score"]
+                best_state = checkpoint["best_model"]
+                history = [EpochRecord(**record) for record in checkpoint["history"]]
+
+        bar = tqdm(
+            total=settings.epochs,
+            initial=start_epoch,
+            desc="train",
+            unit="epoch",
+            disable=not settings.progress,
+            leave=False,
+        )
+        with bar:
+            for epoch in range(start_epoch, settings.epochs):
+                started = time.perf_counter()
+                self.loss.on_epoch_start(epoch, settings.epochs)
+                train_loss = self._train_epoch(x_train, y_train, epoch, steps_per_epoch)
+                logits = predict(self.model, x_val, self.normalize)
+                metrics = classification_metrics(val.labels, logits.argmax(1).numpy(), num_classes)
+                score = metrics["balanced_accuracy"]
+                record = EpochRecord(
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    val_balanced_accuracy=score,
+                    val_accuracy=metrics["accuracy"],
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    seconds=time.perf_counter() - started,
+                )
+                history.append(record)
+                if score > best_score:
+                    best_epoch, best_score = epoch, score
+                    best_state = copy.deepcopy(self.model.state_dict())
+                self._save_checkpoint(
+                    epoch=epoch + 1,
+                    scheduler=scheduler,
+                    best_epoch=best_epoch,
+                    best_score=best_score,
+                    best_state=best_state,
+                    history=history,
+                )
+                bar.set_postfix(loss=f"{train_loss:.3f}", val_bacc=f"{score:.3f}")
+                bar.update(1)
+                for callback in self.callbacks:
+                    callback(record)
+
+        final = copy.deepcopy(self.model)
+        final.load_state_dict(best_state)
+        return TrainResult(model=final, best_epoch=best_epoch, best_score=best_score,
+                           history=history)
+
+    def _train_epoch(
+        self, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int, steps_per_epoch: int
+    ) -> float:
+        seed = _epoch_seed(self.seed, epoch)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        order = torch.randperm(len(x_train), generator=generator, device=self.device)
+        batch_size = self.settings.batch_size
+        total, count = torch.zeros((), device=self.device), 0
+        self.model.train()
+        # Dropout and other layers draw from torch's global generator: fork it so an epoch is a
+        # function of (seed, epoch) and the caller's global state is left as it was.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(seed)
+            for i in range(steps_per_epoch):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                # Augment intensities in [0, 1] (jitter clamps there), then standardise.
+                x = self.normalize.standardize(
+                    self.augment(to_unit_float(x_train[index]), generator)
+                )
+                loss = self.training_step(x, y_train[index], index, epoch * steps_per_epoch + i)
+                if not torch.isfinite(loss):
+                    raise AutorobustError(
+                        f"training diverged at epoch {epoch}, step {i}: loss is {loss.item()}; "
+                        "lower train.lr"
+                    )
+                total += loss * len(index)
+                count += len(index)
+        return float(total) / max(count, 1)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else Path(self.run_dir) / CHECKPOINT_NAME
+
+    def _save_checkpoint(self, *, epoch, scheduler, best_epoch, best_score, best_state, history):
+        path = self.checkpoint_path
+        if path is None:
+            return
+        state = {
+            "version": _CHECKPOINT_VERSION,
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "best_model": best_state,
+            "history": [record.to_dict() for record in history],
+            "extra": self.extra_state(),
+        }
+        atomic_write(path, lambda handle: torch.save(state, handle))
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return None
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        if checkpoint.get("fingerprint", "") != self.fingerprint:
+            raise AutorobustError(
+                f"{path}: checkpoint was written by a different configuration; "
+                "use another run_dir or start without --resume"
+            )
+        return checkpoint
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary unpickling); clear errors."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise AutorobustError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AutorobustError(f"{path}: not a readable autorobust checkpoint ({first})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("version") != _CHECKPOINT_VERSION:
+        raise AutorobustError(f"{path}: not an autorobust checkpoint (version mismatch)")
+    return checkpoint

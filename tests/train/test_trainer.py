@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autorobust.config import load_config
+from autorobust.errors import AutorobustError
+from autorobust.experiment import build_loss, build_model, build_splits, config_fingerprint
+from autorobust.train.trainer import CHECKPOINT_NAME, Trainer, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(
+        "demo",
+        ["train.epochs=3", "train.progress=false", "train.batch_size=128", "model.options.width=8",
+         "device=cpu", "train.augment.crop_padding=1", "model.options.dropout=0.2"],
+    )
+
+
+@pytest.fixture(scope="module")
+def splits(config):
+    return build_splits(config)
+
+
+def _trainer(config, splits, run_dir, callbacks=()):
+    return Trainer(
+        model=build_model(config, splits),
+        loss=build_loss(config, splits),
+        settings=config.train,
+        device=torch.device("cpu"),
+        seed=config.seed,
+        run_dir=run_dir,
+        callbacks=callbacks,
+        fingerprint=config_fingerprint(config),
+    )
+
+
+class _StopAfter:
+    """Raises KeyboardInterrupt after ``epochs`` epochs, as Ctrl-C would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def __call__(self, record) -> None:
+        if record.epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resumed_run_ends_with_exactly_the_same_weights(config, splits, tmp_path: Path):
+    full = _trainer(config, splits, tmp_path / "full")
+    full_result = full.fit(splits.train, splits.meta)
+
+    interrupted = _trainer(config, splits, tmp_path / "resumed", callbacks=[_StopAfter(1)])
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(splits.train, splits.meta)
+    checkpoint = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)
+    assert checkpoint["epoch"] == 1  # Ctrl-C kept the checkpoint of the finished epoch
+
+    resumed = _trainer(config, splits, tmp_path / "resumed")
+    resumed_result = resumed.fit(splits.train, splits.meta, resume=True)
+
+    for name, tensor in _state(full).items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert [r.train_loss for r in full_result.history] == [r.train_loss for r in resumed_result.history]
+    assert resumed_result.best_epoch == full_result.best_epoch
+    assert len(resumed_result.history) == 3
+
+
+def test_training_is_deterministic_and_seed_dependent(config, splits):
+    a = _trainer(config, splits, None).fit(splits.train, splits.meta)
+    b = _trainer(config, splits, None).fit(splits.train, splits.meta)
+    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    other = config.model_copy(update={"seed": 1})
+    c = _trainer(other, splits, None).fit(splits.train, splits.meta)
+    assert [r.train_loss for r in a.history] != [r.train_loss for r in c.history]
+
+
+def test_global_rng_is_left_untouched(config, splits):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _trainer(config, splits, None).fit(splits.train, splits.meta)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_model_is_selected_on_validation(config, splits):
+    result = _trainer(config, splits, None).fit(splits.train, splits.meta)
+    scores = [r.val_balanced_accuracy for r in result.history]
+    assert result.best_epoch == int(np.argmax(scores))
+    assert result.best_score == max(scores)
+
+
+def test_checkpoint_is_replaced_atomically_and_loads_weights_only(config, splits, tmp_path: Path):
+    _trainer(config, splits, tmp_path).fit(splits.train, splits.meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]  # no temporary left
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert checkpoint["epoch"] == 3
+    assert len(checkpoint["history"]) == 3
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(config, splits, tmp_path: Path):
+    _trainer(config, splits, tmp_path).fit(splits.train, splits.meta)
+    other = config.model_copy(update={"seed": 7})
+    with pytest.raises(AutorobustError, match="different configuration"):
+        _trainer(other, splits, tmp_path).fit(splits.train, splits.meta, resume=True)
+
+
+def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path: Path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(AutorobustError, match=r"corrupt\.pt: not a readable autorobust checkpoint"):
+        load_checkpoint(corrupt)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"version": 1, "x": Payload()}, unsafe)
+    with pytest.raises(AutorobustError, match=r"unsafe\.pt: not a readable autorobust checkpoint"):
+        load_checkpoint(unsafe)
+
+
+def test_divergence_is_reported(config, splits):
+    exploding = config.model_copy(update={"train": config.train.model_copy(update={"lr": 1e12})})
+    with pytest.raises(AutorobustError, match="training diverged at epoch 0"):
+        _trainer(exploding, splits, None).fit(splits.train, splits.meta)
