@@ -3,17 +3,24 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from autorobust.cli import main
 
-FAST = ["--set", "train.epochs=2", "--set", "model.options.width=8", "--no-progress",
-        "--device", "cpu"]
+FAST = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.options.width=8",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def _error_line(capsys) -> str:
@@ -34,8 +41,14 @@ def test_train_writes_metrics_and_evaluate_reproduces_them(tmp_path: Path, capsy
     assert len(metrics["history"]) == 2
     assert metrics["test"]["num_samples"] == metrics["data"]["test_size"]
     assert len(metrics["test"]["confusion_matrix"]) == 10
-    assert {"many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy", "macro_f1",
-            "worst_class_accuracy", "per_class_accuracy"} <= set(metrics["test"])
+    assert {
+        "many_shot_accuracy",
+        "medium_shot_accuracy",
+        "few_shot_accuracy",
+        "macro_f1",
+        "worst_class_accuracy",
+        "per_class_accuracy",
+    } <= set(metrics["test"])
 
     assert main(["evaluate", str(run_dir), "--device", "cpu"]) == 0
     again = json.loads((run_dir / "metrics.json").read_text())
@@ -63,8 +76,17 @@ def test_resume_of_a_finished_run_trains_no_more(tmp_path: Path, capsys):
         (["train", "demo", "--set", "loss.name=nope"], r"unknown loss 'nope'; valid: .*focal"),
         (["train", "demo", "--set", "data.source=imagenet"], r"unknown data source 'imagenet'"),
         (["train", "demo", "--set", "shift.rho=1000"], r"class \d would have 0"),
-        (["train", "demo", "--set", "data.source=fashion-mnist", "--set",
-          "data.options.root=/nonexistent"], r"/nonexistent/train-images-idx3-ubyte"),
+        (
+            [
+                "train",
+                "demo",
+                "--set",
+                "data.source=fashion-mnist",
+                "--set",
+                "data.options.root=/nonexistent",
+            ],
+            r"/nonexistent/train-images-idx3-ubyte",
+        ),
         (["evaluate", "/nonexistent/run"], r"config\.yaml: missing"),
     ],
 )
@@ -95,11 +117,14 @@ def test_console_script_exit_status_and_stderr(tmp_path: Path):
     bad.write_text("train:\n  epochs: -1\n")
     proc = subprocess.run(
         [sys.executable, "-m", "autorobust.cli", "train", str(bad)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"autorobust: error: {bad}: train.epochs: Input should be greater than or equal to 1 (got -1)"
+        f"autorobust: error: {bad}: train.epochs: "
+        "Input should be greater than or equal to 1 (got -1)"
     ]
     assert "Traceback" not in proc.stderr
 
@@ -108,9 +133,22 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path):
     run_dir = tmp_path / "run"
 
     def argv(epochs: int) -> list[str]:
-        return [sys.executable, "-m", "autorobust.cli", "train", "demo", "--run-dir", str(run_dir),
-                "--set", f"train.epochs={epochs}", "--set", "model.options.width=8",
-                "--no-progress", "--device", "cpu"]
+        return [
+            sys.executable,
+            "-m",
+            "autorobust.cli",
+            "train",
+            "demo",
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            f"train.epochs={epochs}",
+            "--set",
+            "model.options.width=8",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
 
     proc = subprocess.Popen(argv(200), stderr=subprocess.PIPE, text=True)
     checkpoint = run_dir / "checkpoint.pt"

@@ -31,7 +31,10 @@ def test_fashion_mnist_config_is_the_reference_protocol():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"shift": {"rho": 0.5}}, r"shift\.rho: Input should be greater than or equal to 1 \(got 0\.5\)"),
+        (
+            {"shift": {"rho": 0.5}},
+            r"shift\.rho: Input should be greater than or equal to 1 \(got 0\.5\)",
+        ),
         ({"train": {"epochs": "many"}}, r"train\.epochs: Input should be a valid integer"),
         ({"trian": {}}, r"trian: unknown key"),
         ({"shift": {"noise_rate": 1.0}}, r"shift\.noise_rate: Input should be less than 1"),
@@ -49,23 +52,27 @@ def test_invalid_values_are_reported_with_their_path(raw, message):
 
 
 def test_overrides_parse_yaml_scalars_and_nest():
-    raw = apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5", "shift.noise=none", "train.augment.hflip=true"])
+    raw = apply_overrides(
+        {"train": {"epochs": 3}}, ["train.epochs=5", "shift.noise=none", "train.augment.hflip=true"]
+    )
     assert raw == {"train": {"epochs": 5, "augment": {"hflip": True}}, "shift": {"noise": "none"}}
 
 
 @pytest.mark.parametrize("bad", ["train.epochs", "=3", "train..epochs=3"])
 def test_malformed_override(bad):
-    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+    with pytest.raises(ConfigError, match=r"expected KEY\.PATH=VALUE"):
         apply_overrides({}, [bad])
 
 
 def test_override_through_a_scalar_is_refused():
-    with pytest.raises(ConfigError, match="train.epochs is not a mapping"):
+    with pytest.raises(ConfigError, match=r"train\.epochs is not a mapping"):
         apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path):
-    with pytest.raises(ConfigError, match=r"nope\.yaml: no such config file \(bundled configs: .*demo"):
+    with pytest.raises(
+        ConfigError, match=r"nope\.yaml: no such config file \(bundled configs: .*demo"
+    ):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: [1,\n")
@@ -73,5 +80,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
         load_config(bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
-    with pytest.raises(ConfigError, match=r"scalar\.yaml: expected a mapping at the top level, got int"):
+    with pytest.raises(
+        ConfigError, match=r"scalar\.yaml: expected a mapping at the top level, got int"
+    ):
         load_config(scalar)

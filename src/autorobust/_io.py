@@ -17,9 +17,10 @@ __all__ = ["atomic_write", "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
 
-    Returns the final path. On any exception the temporary file is removed and ``path`` is untouched.
+    Returns the final path. On any exception the temporary file is removed and ``path`` is left
+    untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

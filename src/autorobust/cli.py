@@ -21,6 +21,18 @@ __all__ = ["main"]
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
+# `autorobust search KIND`: the module whose `run_search(config, *, default_study_name, retrain,
+# **options) -> SearchOutcome` runs it, and its help line.
+SEARCH_KINDS = {
+    "baseline": ("autorobust.search.baseline", "TPE over the baseline losses and learning rate"),
+    "reweighter": (
+        "autorobust.search.reweighter",
+        "TPE over the Meta-Weight-Net architecture and input (MW-Net NAS)",
+    ),
+    "loss": ("autorobust.search.loss", "AutoBalance: a loss learned by bilevel optimisation"),
+    "architecture": ("autorobust.search.architecture", "CSNAS: label-free DARTS cell search"),
+}
+
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file, or the name of a bundled config (demo)")
@@ -53,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``autorobust`` command."""
     parser = argparse.ArgumentParser(
         prog="autorobust",
-        description="Design how an image classifier copes with imbalanced, noisy or unlabeled data.",
+        description="Design how an image classifier copes with imbalanced, noisy or unlabeled "
+        "data.",
     )
     parser.add_argument("--version", action="version", version=f"autorobust {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -69,8 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search a design with Optuna")
     kinds = search.add_subparsers(dest="kind", required=True, metavar="KIND")
-    baseline = kinds.add_parser("baseline", help="TPE over the baseline losses and learning rate")
-    _add_search_arguments(baseline)
+    for kind, (_, help_text) in SEARCH_KINDS.items():
+        _add_search_arguments(kinds.add_parser(kind, help=help_text))
+    # Only the architecture search scores candidates in more than one way.
+    kinds.choices["architecture"].add_argument(
+        "--fitness",
+        choices=["contrastive", "simclr", "supervised"],
+        help="how a candidate cell is scored (default: the config's architecture.fitness)",
+    )
 
     commands.add_parser("datasets", help="list data sources and whether their files are present")
 
@@ -80,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentConfig
+def _load(args: argparse.Namespace):
     from autorobust.config import load_config
 
     overrides = list(args.overrides)
@@ -99,10 +118,13 @@ def _format(value: float | None) -> str:
 
 def _print_test_summary(label: str, metrics: dict[str, Any]) -> None:
     test = metrics["test"]
-    print(
-        f"{label}: test accuracy {_format(test['accuracy'])}%  balanced {_format(test['balanced_accuracy'])}%"
-        f"  worst-class {_format(test['worst_class_accuracy'])}%  macro-F1 {_format(test['macro_f1'])}%"
-    )
+    fields = [
+        ("test accuracy", "accuracy"),
+        ("balanced", "balanced_accuracy"),
+        ("worst-class", "worst_class_accuracy"),
+        ("macro-F1", "macro_f1"),
+    ]
+    print(f"{label}: " + "  ".join(f"{name} {_format(test[key])}%" for name, key in fields))
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -125,7 +147,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
 
 def _command_search(args: argparse.Namespace) -> int:
-    from autorobust.search.baseline import search_baselines
+    import importlib
 
     config = _load(args)
     updates = {
@@ -143,9 +165,14 @@ def _command_search(args: argparse.Namespace) -> int:
         raw["search"].update(updates)
         config = validate_config(raw, where="command line")
     default_name = f"{args.kind}-{Path(args.config).stem}"
-    outcome = search_baselines(config, default_study_name=default_name, retrain=not args.no_retrain)
-    print(f"best trial: {outcome.best['params']} (validation balanced accuracy "
-          f"{_format(outcome.best['value'])}%)")
+    options = {"fitness": args.fitness} if getattr(args, "fitness", None) else {}
+    module = importlib.import_module(SEARCH_KINDS[args.kind][0])
+    outcome = module.run_search(
+        config, default_study_name=default_name, retrain=not args.no_retrain, **options
+    )
+    print(
+        f"best trial #{outcome.best['number']}: {outcome.best['params']} (value {outcome.best['value']:.4g})"
+    )
     if outcome.retrained is not None:
         _print_test_summary("retrained best", outcome.retrained.metrics)
     print(f"wrote {outcome.run_dir}")
@@ -158,8 +185,11 @@ def _command_datasets(args: argparse.Namespace) -> int:
     rows = describe_sources()
     width = max(len(name) for name, *_ in rows)
     for name, description, present, missing in rows:
-        status = "ready" if present else f"missing {missing[0]}" + (
-            f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        status = (
+            "ready"
+            if present
+            else f"missing {missing[0]}"
+            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
         )
         print(f"{name:<{width}}  {status:<10}  {description}")
     return 0

@@ -31,7 +31,8 @@ from autorobust.errors import AutorobustError
 from autorobust.losses import ClassificationLoss, create_loss
 from autorobust.models import Classifier, create_model
 from autorobust.train.metrics import classification_metrics
-from autorobust.train.trainer import EpochRecord, Trainer, load_checkpoint, predict
+from autorobust.train.registry import create_trainer
+from autorobust.train.trainer import EpochRecord, load_checkpoint, predict
 
 __all__ = [
     "RunResult",
@@ -160,7 +161,10 @@ def train_run(
     splits = build_splits(config) if splits is None else splits
     write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
     write_json(run_dir / DATA_NAME, splits.summary())
-    trainer = Trainer(
+    trainer = create_trainer(
+        config.method,
+        config,
+        splits,
         model=build_model(config, splits),
         loss=build_loss(config, splits),
         settings=config.train,
@@ -185,15 +189,24 @@ def train_run(
         },
         "data": splits.summary(),
         "validation": _evaluate(
-            result.model, trainer.normalize, splits.meta.images, splits.meta.labels,
-            splits.num_classes, device,
+            result.model,
+            trainer.normalize,
+            splits.meta.images,
+            splits.meta.labels,
+            splits.num_classes,
+            device,
         ),
         "history": [record.to_dict() for record in result.history],
     }
     if evaluate_test:
         metrics["test"] = _evaluate(
-            result.model, trainer.normalize, splits.test.images, splits.test.labels,
-            splits.num_classes, device, counts,
+            result.model,
+            trainer.normalize,
+            splits.test.images,
+            splits.test.labels,
+            splits.num_classes,
+            device,
+            counts,
         )
     write_json(run_dir / METRICS_NAME, metrics)
     return RunResult(run_dir=run_dir, metrics=metrics)
@@ -236,12 +249,23 @@ def evaluate_run(run_dir: str | Path, *, device: str | None = None) -> dict[str,
         except json.JSONDecodeError:
             metrics = {}  # rewritten below from the checkpoint
     metrics.setdefault("history", checkpoint["history"])
-    metrics["run"] = {**metrics.get("run", {}), "best_epoch": checkpoint["best_epoch"],
-                      "epochs_completed": checkpoint["epoch"]}
+    metrics["run"] = {
+        **metrics.get("run", {}),
+        "best_epoch": checkpoint["best_epoch"],
+        "epochs_completed": checkpoint["epoch"],
+    }
     metrics["data"] = splits.summary()
-    metrics["validation"] = _evaluate(model, normalize, splits.meta.images, splits.meta.labels,
-                                      splits.num_classes, resolved)
-    metrics["test"] = _evaluate(model, normalize, splits.test.images, splits.test.labels,
-                                splits.num_classes, resolved, splits.train_class_counts)
+    metrics["validation"] = _evaluate(
+        model, normalize, splits.meta.images, splits.meta.labels, splits.num_classes, resolved
+    )
+    metrics["test"] = _evaluate(
+        model,
+        normalize,
+        splits.test.images,
+        splits.test.labels,
+        splits.num_classes,
+        resolved,
+        splits.train_class_counts,
+    )
     write_json(metrics_path, metrics)
     return metrics

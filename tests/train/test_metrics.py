@@ -45,7 +45,10 @@ def test_shot_groups_follow_the_100_and_20_thresholds():
     assert groups["medium"].tolist() == [2, 3]
     assert groups["few"].tolist() == [4, 5]
     m = classification_metrics(
-        np.arange(6), np.array([0, 1, 0, 3, 4, 0]), 6, train_class_counts=np.array([500, 101, 100, 20, 19, 1])
+        np.arange(6),
+        np.array([0, 1, 0, 3, 4, 0]),
+        6,
+        train_class_counts=np.array([500, 101, 100, 20, 19, 1]),
     )
     assert m["many_shot_accuracy"] == 1.0
     assert m["medium_shot_accuracy"] == 0.5
@@ -53,7 +56,9 @@ def test_shot_groups_follow_the_100_and_20_thresholds():
 
 
 def test_shot_group_without_classes_is_null():
-    m = classification_metrics(np.array([0, 1]), np.array([0, 1]), 2, train_class_counts=np.array([500, 200]))
+    m = classification_metrics(
+        np.array([0, 1]), np.array([0, 1]), 2, train_class_counts=np.array([500, 200])
+    )
     assert m["few_shot_accuracy"] is None
 
 

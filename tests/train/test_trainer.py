@@ -16,8 +16,15 @@ from autorobust.train.trainer import CHECKPOINT_NAME, Trainer, load_checkpoint
 def config():
     return load_config(
         "demo",
-        ["train.epochs=3", "train.progress=false", "train.batch_size=128", "model.options.width=8",
-         "device=cpu", "train.augment.crop_padding=1", "model.options.dropout=0.2"],
+        [
+            "train.epochs=3",
+            "train.progress=false",
+            "train.batch_size=128",
+            "model.options.width=8",
+            "device=cpu",
+            "train.augment.crop_padding=1",
+            "model.options.dropout=0.2",
+        ],
     )
 
 
@@ -69,7 +76,9 @@ def test_resumed_run_ends_with_exactly_the_same_weights(config, splits, tmp_path
 
     for name, tensor in _state(full).items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    assert [r.train_loss for r in full_result.history] == [r.train_loss for r in resumed_result.history]
+    assert [r.train_loss for r in full_result.history] == [
+        r.train_loss for r in resumed_result.history
+    ]
     assert resumed_result.best_epoch == full_result.best_epoch
     assert len(resumed_result.history) == 3
 

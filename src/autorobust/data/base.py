@@ -102,7 +102,7 @@ class DataSource(ABC):
 SOURCES: Registry[type[DataSource]] = Registry("data source")
 
 
-def register_source(name: str):  # noqa: ANN201 - decorator
+def register_source(name: str):
     """Class decorator registering a :class:`DataSource` subclass under ``name``."""
 
     def decorator(cls: type[DataSource]) -> type[DataSource]:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "MANY_SHOT_MIN",
     "FEW_SHOT_MAX",
+    "MANY_SHOT_MIN",
     "classification_metrics",
     "confusion_matrix",
     "expected_calibration_error",
@@ -104,7 +104,7 @@ def classification_metrics(
         f1 = np.where(precision + recall0 > 0, 2 * precision * recall0 / (precision + recall0), 0.0)
     present = support > 0
     metrics: dict[str, Any] = {
-        "num_samples": int(len(y_true)),
+        "num_samples": len(y_true),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         "balanced_accuracy": _mean_or_none(recall),
         "worst_class_accuracy": float(np.nanmin(recall)) if present.any() else None,

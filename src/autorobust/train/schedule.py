@@ -20,8 +20,8 @@ def lr_factor(
     """Multiplier of the base learning rate at optimisation ``step`` (0-based).
 
     Linear warm-up from 1/warmup_steps to 1 over ``warmup_steps``; then ``cosine`` anneals to 0 at
-    ``total_steps`` (Loshchilov & Hutter 2017, no restarts), ``step`` multiplies by ``gamma`` at each
-    milestone (fractions of ``total_steps``), ``constant`` stays at 1.
+    ``total_steps`` (Loshchilov & Hutter 2017, no restarts), ``step`` multiplies by ``gamma`` at
+    each milestone (fractions of ``total_steps``), ``constant`` stays at 1.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -88,8 +88,10 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        chunks = [model(normalize(images[i : i + batch_size])).float().cpu()
-                  for i in range(0, len(images), batch_size)]
+        chunks = [
+            model(normalize(images[i : i + batch_size])).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0)
@@ -97,6 +99,9 @@ def predict(
 
 class Trainer:
     """Trains ``model`` on a training split, selecting the epoch by balanced accuracy on validation.
+
+    During :meth:`fit`, ``train_images`` / ``val_images`` (uint8 (N, C, H, W) on ``device``),
+    ``train_labels`` / ``val_labels`` (int64 (N,)) and ``normalize`` are available to subclasses.
 
     Args:
         model: a classifier taking normalised float images (B, C, H, W) to logits (B, K).
@@ -157,6 +162,9 @@ class Trainer:
         self.optimizer.step()
         return loss.detach()
 
+    def on_fit_start(self) -> None:
+        """Called once the split tensors exist, before the first (or resumed) epoch."""
+
     def extra_state(self) -> dict[str, Any]:
         """State a subclass needs checkpointed besides model, optimiser and scheduler."""
         return {}
@@ -178,10 +186,14 @@ class Trainer:
             KeyboardInterrupt: on Ctrl-C; the checkpoint of the last finished epoch stays on disk.
         """
         settings = self.settings
+        # Kept as attributes for subclasses (a meta-step draws batches of the validation split).
         self.normalize = Normalization.from_images(train.images)
-        x_train = images_to_tensor(train.images, self.device)
-        y_train = torch.as_tensor(train.labels, dtype=torch.int64, device=self.device)
-        x_val = images_to_tensor(val.images, self.device)
+        self.train_images = x_train = images_to_tensor(train.images, self.device)
+        self.train_labels = y_train = torch.as_tensor(
+            train.labels, dtype=torch.int64, device=self.device
+        )
+        self.val_images = x_val = images_to_tensor(val.images, self.device)
+        self.val_labels = torch.as_tensor(val.labels, dtype=torch.int64, device=self.device)
         num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
         steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)
         total_steps = settings.epochs * steps_per_epoch
@@ -196,6 +208,7 @@ class Trainer:
                 gamma=settings.gamma,
             ),
         )
+        self.on_fit_start()
         start_epoch, best_epoch, best_score = 0, -1, -math.inf
         best_state = copy.deepcopy(self.model.state_dict())
         history: list[EpochRecord] = []
@@ -254,8 +267,9 @@ class Trainer:
 
         final = copy.deepcopy(self.model)
         final.load_state_dict(best_state)
-        return TrainResult(model=final, best_epoch=best_epoch, best_score=best_score,
-                           history=history)
+        return TrainResult(
+            model=final, best_epoch=best_epoch, best_score=best_score, history=history
+        )
 
     def _train_epoch(
         self, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int, steps_per_epoch: int

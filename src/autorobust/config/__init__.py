@@ -13,18 +13,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from autorobust.config.architecture import ArchitectureConfig
+from autorobust.config.base import StrictModel
+from autorobust.config.bilevel import BilevelConfig
+from autorobust.config.reweight import ReweightConfig
 from autorobust.errors import ConfigError
 
 __all__ = [
+    "ArchitectureConfig",
     "AugmentConfig",
+    "BilevelConfig",
     "DataConfig",
     "ExperimentConfig",
     "LossConfig",
     "ModelConfig",
+    "ReweightConfig",
     "SearchConfig",
     "ShiftConfig",
+    "StrictModel",
     "TrainConfig",
     "apply_overrides",
     "bundled_configs",
@@ -34,11 +42,7 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Which source to read and how to split it (METHODS.md section 1, "Splits")."""
 
     source: str = "digits"
@@ -50,7 +54,7 @@ class DataConfig(_Strict):
     """Fraction of the training pool, class-balanced, exposed without labels."""
 
 
-class ShiftConfig(_Strict):
+class ShiftConfig(StrictModel):
     """Simulated distribution shift of the training pool: imbalance first, then label noise."""
 
     imbalance: Literal["none", "long_tail", "step"] = "none"
@@ -77,17 +81,17 @@ class ShiftConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     name: str = "small_cnn"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     name: str = "cross_entropy"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Batched augmentation of training images (see :mod:`autorobust.data.augment`)."""
 
     crop_padding: int = Field(0, ge=0)
@@ -97,7 +101,7 @@ class AugmentConfig(_Strict):
     cutout: int = Field(0, ge=0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """SGD with momentum; the learning rate follows ``schedule`` per epoch."""
 
     epochs: int = Field(15, ge=1)
@@ -126,7 +130,7 @@ class TrainConfig(_Strict):
         return self
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     """How a search runs (Optuna); see :class:`autorobust.search.runner.SearchSettings`."""
 
     study_name: str | None = None
@@ -147,7 +151,7 @@ class SearchConfig(_Strict):
     max_retry: int = Field(3, ge=0)
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """A whole run: data, shift, model, loss, training and (optionally) search settings."""
 
     seed: int = Field(0, ge=0)
@@ -159,6 +163,11 @@ class ExperimentConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    method: Literal["erm", "reweight"] = "erm"
+    """How the classifier is trained: plain ERM, or sample reweighting by a Meta-Weight-Net."""
+    reweight: ReweightConfig = Field(default_factory=ReweightConfig)
+    bilevel: BilevelConfig = Field(default_factory=BilevelConfig)
+    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict of every field, defaults included."""

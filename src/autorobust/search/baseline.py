@@ -1,0 +1,129 @@
+"""``autorobust search baseline``: TPE over the baseline loss family, its hyper-parameters and lr.
+
+Every trial trains the configured model for ``search.trial_epochs`` epochs and is scored by the
+best balanced accuracy on the clean meta / validation split; it reports that score after each epoch
+so the pruner can stop hopeless trials. The test split is not evaluated during the search. The best
+trial is then retrained with the full ``train.epochs`` budget and measured on the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autorobust._io import write_json
+from autorobust.config import ExperimentConfig, validate_config
+from autorobust.data.splits import Splits
+from autorobust.errors import AutorobustError
+from autorobust.experiment import build_splits, train_run
+from autorobust.losses import LOSSES
+from autorobust.search.common import SearchOutcome, search_settings
+from autorobust.search.runner import best_trial_summary, run_study
+
+__all__ = ["BaselineLossSpace", "point_from_params", "run_search"]
+
+
+class BaselineLossSpace:
+    """The search space: which baseline loss, its hyper-parameters, and the learning rate.
+
+    Hyper-parameter names are prefixed with the loss name (``focal.gamma``) because the space is
+    conditional: TPE models each parameter only on the trials where it exists.
+
+    Args:
+        losses: candidate loss names (default: every registered loss).
+        lr_range: (low, high) of the log-uniform learning-rate range.
+    """
+
+    def __init__(
+        self, *, losses: Sequence[str] | None = None, lr_range: tuple[float, float] = (0.005, 0.2)
+    ) -> None:
+        self.losses = tuple(losses) if losses is not None else tuple(LOSSES.names())
+        for name in self.losses:
+            LOSSES.get(name)  # an unknown name fails here, listing the valid ones
+        self.lr_range = lr_range
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Ask ``trial`` for a point; returns ``{"loss": name, "options": {...}, "lr": float}``."""
+        name = trial.suggest_categorical("loss", list(self.losses))
+        options: dict[str, Any] = {}
+        for param, (low, high, scale) in LOSSES.get(name).search_space.items():
+            key = f"{name}.{param}"
+            if scale == "int":
+                options[param] = trial.suggest_int(key, int(low), int(high))
+            else:
+                options[param] = trial.suggest_float(key, low, high, log=scale == "log")
+        lr = trial.suggest_float("lr", *self.lr_range, log=True)
+        return {"loss": name, "options": options, "lr": lr}
+
+    @staticmethod
+    def apply(config: ExperimentConfig, point: dict[str, Any], **train: Any) -> ExperimentConfig:
+        """``config`` with the loss and learning rate of ``point`` (and other train fields)."""
+        raw = config.to_dict()
+        raw["loss"] = {"name": point["loss"], "options": point["options"]}
+        raw["train"].update(lr=point["lr"], **train)
+        return validate_config(raw, where="search point")
+
+
+def run_search(
+    config: ExperimentConfig,
+    *,
+    default_study_name: str = "baseline",
+    retrain: bool = True,
+    space: BaselineLossSpace | None = None,
+    splits: Splits | None = None,
+) -> SearchOutcome:
+    """Run (or resume) the baseline-loss study of ``config`` in ``config.run_dir``.
+
+    Returns:
+        The best trial's summary; with ``retrain``, the run of the best point with ``train.epochs``
+        epochs in ``run_dir/best`` (its metrics include the test split).
+    """
+    import optuna
+
+    space = space or BaselineLossSpace()
+    run_dir = Path(config.run_dir)
+    splits = build_splits(config) if splits is None else splits
+    trial_epochs = config.search.trial_epochs or config.train.epochs
+
+    def objective(trial: optuna.Trial) -> float:
+        point = space.suggest(trial)
+        trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
+        trial_config = space.apply(config, point, epochs=trial_epochs, progress=False)
+        trial_config = trial_config.model_copy(update={"run_dir": str(trial_dir)})
+
+        def report(record: Any) -> None:
+            trial.report(record.val_balanced_accuracy, record.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        result = train_run(trial_config, callbacks=[report], splits=splits, evaluate_test=False)
+        (trial_dir / "checkpoint.pt").unlink(missing_ok=True)  # keep the disk use of a study flat
+        return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
+
+    settings = search_settings(config.search, study_name=default_study_name)
+    study = run_study(objective, settings, run_dir)
+    summary = best_trial_summary(study)
+    write_json(run_dir / "search.json", summary)
+    best = summary["best_trial"]
+    if best is None:
+        counts = summary["state_counts"]
+        raise AutorobustError(
+            f"study {study.study_name!r} has no completed trial ({counts}); see the warnings above"
+        )
+    retrained = None
+    if retrain:
+        point = point_from_params(best["params"])
+        best_config = space.apply(config, point).model_copy(
+            update={"run_dir": str(run_dir / "best")}
+        )
+        retrained = train_run(best_config, splits=splits)
+    return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
+
+
+def point_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Invert :meth:`BaselineLossSpace.suggest`: Optuna's flat params -> a search point."""
+    name = params["loss"]
+    prefix = f"{name}."
+    options = {key[len(prefix) :]: value for key, value in params.items() if key.startswith(prefix)}
+    return {"loss": name, "options": options, "lr": params["lr"]}

@@ -1,0 +1,662 @@
+"""Run an Optuna study: create or resume it, run trials until enough have finished, summarise it.
+
+This module and :mod:`autorobust.search.samplers` are the only places that talk to Optuna. A study
+lives in a database named by an SQLAlchemy URL: by default ``sqlite:///<run_dir>/study.db``; any
+number of worker processes, on any number of machines, can share one PostgreSQL study by running
+:func:`run_study` with the same study name and URL.
+
+Guarantees of :func:`run_study`, across workers and restarts:
+
+- It stops once the study holds ``n_trials`` *finished* trials, where finished means COMPLETE or
+  PRUNED (a pruned trial was evaluated and judged; it consumed its budget). FAIL trials do not
+  count, and never more than ``n_trials`` trials finish, however many workers race (see
+  :class:`_GuardedObjective`).
+- A trial that raises an ``Exception`` or returns NaN ends as FAIL, with a one-line reason in the
+  user attribute ``"fail_reason"`` and a one-line warning in the log; the study goes on.
+- A worker killed outright (SIGKILL, power loss) stops sending heartbeats; after ``grace_period``
+  seconds another worker marks its trial FAIL and queues a copy with the same parameters (up to
+  ``max_retry`` times), so the budget is still met.
+- Ctrl-C (``KeyboardInterrupt``) marks the running trial FAIL and propagates; running the same
+  command again resumes the study by name.
+
+Logging: while it runs, :func:`run_study` lowers Optuna's own verbosity to WARNING (restoring it
+afterwards) and drops Optuna's multi-line failed-trial warnings, which duplicate this module's
+one-line ones; the tracebacks of failed trials are logged at DEBUG on this module's logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+import sqlalchemy.engine
+import sqlalchemy.event
+import sqlalchemy.exc
+from optuna.trial import FrozenTrial, TrialState
+
+from autorobust.errors import AutorobustError, ConfigError, UnknownNameError
+from autorobust.search.samplers import create_pruner, create_sampler, pruner_names, sampler_names
+
+__all__ = [
+    "FAIL_REASON_ATTR",
+    "SearchSettings",
+    "best_trial_summary",
+    "create_sampler",
+    "open_study",
+    "redact_url",
+    "run_study",
+    "study_state_counts",
+]
+
+_LOG = logging.getLogger(__name__)
+
+FAIL_REASON_ATTR = "fail_reason"
+"""User attribute holding the one-line reason a trial failed."""
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# States of the trials that hold part of the budget: finished, running, or queued for a retry.
+_HOLDING_BUDGET = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+_SURPLUS_REASON = "not run: other workers already hold the remaining n_trials budget"
+# Seconds between checks while other workers hold the rest of the budget. Short enough that a
+# worker exits soon after the study is done, long enough not to load a shared database.
+_MAX_POLL_S = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """How to run a study: where it is stored, which sampler proposes trials, and how many.
+
+    Args:
+        study_name: name of the study in the storage; the same name resumes it.
+        n_trials: finished (COMPLETE or PRUNED) trials the study must hold in total, counting all
+            workers and earlier runs; FAIL trials do not count.
+        storage: SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user:pass@host/db``);
+            ``None`` means ``sqlite:///<run_dir>/study.db``.
+        sampler: ``"tpe"``, ``"random"`` or ``"nsga2"`` (see :func:`create_sampler`).
+        timeout: wall-clock budget of this call in seconds, or ``None``. Checked between trials:
+            a running trial is never cut short.
+        seed: seed of the sampler, or ``None``. A fresh single-worker study is reproducible; a
+            resumed one mixes in the number of trials already stored, so it does not replay the
+            first run's random proposals. Workers started at the same moment with the same seed
+            would propose the same startup trials: give each worker its own seed (or ``None``).
+        n_startup_trials: TPE's random trials before modelling.
+        n_ei_candidates: TPE's candidates per proposal.
+        gamma: TPE's fraction of "good" trials in (0, 1]; ``None`` keeps Optuna's
+            ``min(ceil(0.1 n), 25)``.
+        multivariate: multivariate TPE.
+        pruner: ``"median"`` or ``"none"`` (see :func:`~autorobust.search.samplers.create_pruner`).
+        directions: ``"maximize"`` / ``"minimize"`` per objective value; must match a resumed
+            study.
+        heartbeat_interval: seconds between a running trial's heartbeats (integer >= 1).
+        grace_period: seconds without a heartbeat after which a trial counts as dead; ``None``
+            means ``2 * heartbeat_interval``. Must exceed ``heartbeat_interval``.
+        max_retry: how often a dead worker's trial is re-queued with the same parameters.
+        max_consecutive_failures: this worker gives up with :class:`AutorobustError` after this
+            many of its own trials fail in a row (a broken objective would otherwise fail
+            forever); ``None`` never gives up.
+        show_progress_bar: show Optuna's tqdm progress bar.
+    """
+
+    study_name: str
+    n_trials: int
+    storage: str | None = None
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    timeout: float | None = None
+    seed: int | None = None
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    gamma: float | None = None
+    multivariate: bool = False
+    pruner: Literal["median", "none"] = "median"
+    directions: tuple[str, ...] = ("maximize",)
+    heartbeat_interval: int = 60
+    grace_period: int | None = None
+    max_retry: int = 3
+    max_consecutive_failures: int | None = 10
+    show_progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.study_name:
+            raise ConfigError("study_name: expected a non-empty string, got ''")
+        if self.n_trials < 1:
+            raise ConfigError(f"n_trials: expected an integer >= 1, got {self.n_trials}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"timeout: expected seconds > 0 or null, got {self.timeout}")
+        if self.sampler not in sampler_names():
+            valid = ", ".join(sampler_names())
+            raise UnknownNameError(f"sampler: unknown sampler {self.sampler!r}; valid: {valid}")
+        if self.pruner not in pruner_names():
+            valid = ", ".join(pruner_names())
+            raise UnknownNameError(f"pruner: unknown pruner {self.pruner!r}; valid: {valid}")
+        if self.n_startup_trials < 0:
+            raise ConfigError(
+                f"n_startup_trials: expected an integer >= 0, got {self.n_startup_trials}"
+            )
+        if self.n_ei_candidates < 1:
+            raise ConfigError(
+                f"n_ei_candidates: expected an integer >= 1, got {self.n_ei_candidates}"
+            )
+        if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma: expected a fraction in (0, 1] or null, got {self.gamma}")
+        if not self.directions or any(d not in ("maximize", "minimize") for d in self.directions):
+            raise ConfigError(
+                "directions: expected one or more of 'maximize'/'minimize', "
+                f"got {list(self.directions)}"
+            )
+        if self.heartbeat_interval < 1:
+            raise ConfigError(
+                f"heartbeat_interval: expected whole seconds >= 1, got {self.heartbeat_interval}"
+            )
+        # A grace period no longer than the heartbeat interval would declare live trials dead.
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                f"grace_period: expected seconds > heartbeat_interval ({self.heartbeat_interval})"
+                f" or null, got {self.grace_period}"
+            )
+        if self.max_retry < 0:
+            raise ConfigError(f"max_retry: expected an integer >= 0, got {self.max_retry}")
+        if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
+            raise ConfigError(
+                "max_consecutive_failures: expected an integer >= 1 or null, "
+                f"got {self.max_consecutive_failures}"
+            )
+
+    def storage_url(self, run_dir: Path) -> str:
+        """The SQLAlchemy URL of the study: ``storage``, or an SQLite file in ``run_dir``."""
+        if self.storage is not None:
+            return self.storage
+        return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        # Several local workers may share one SQLite file: wait for its lock instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}  # long trials outlive idle connections
+    if backend == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+        # Fail within seconds, not minutes, when the host does not answer.
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _storage_error(url: str, error: BaseException) -> AutorobustError:
+    cause = getattr(error, "orig", None) or error
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    password = _password(url)
+    if password:
+        detail = detail.replace(password, "***")
+    return AutorobustError(f"cannot open study storage {redact_url(url)}: {_one_line(detail)}")
+
+
+def _password(url: str) -> str | None:
+    try:
+        return sqlalchemy.engine.make_url(url).password
+    except sqlalchemy.exc.ArgumentError:
+        return None
+
+
+class _HeartbeatFromStartStorage(optuna.storages.RDBStorage):
+    """An ``RDBStorage`` that records a trial's first heartbeat as soon as it starts running.
+
+    Optuna starts a trial's heartbeat thread only after ``study.ask()`` has sampled it, and never
+    declares a trial without any heartbeat stale. A worker killed (or interrupted) inside ``ask``
+    would leave a RUNNING trial forever, and the other workers, which count RUNNING trials as
+    holding the budget, would wait forever. Recording the heartbeat on the state change closes
+    that window: every dead trial goes stale after ``grace_period``.
+    """
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if template_trial is None or template_trial.state == TrialState.RUNNING:
+            self.record_heartbeat(trial_id)
+        return trial_id
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == TrialState.RUNNING:  # a queued trial was taken
+            self.record_heartbeat(trial_id)
+        return changed
+
+
+def _make_storage(url: str, settings: SearchSettings) -> optuna.storages.RDBStorage:
+    safe = redact_url(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(
+            "storage: expected an SQLAlchemy URL such as sqlite:///study.db or "
+            f"postgresql+psycopg://user:password@host/db, got {safe!r}"
+        ) from None
+    # Optuna 4.9 renamed the stale-trial callback; keep working with the 4.x that pyproject allows.
+    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    callback_kw = "heartbeat_stale_trial_callback"
+    if retry_cls is None:
+        retry_cls = optuna.storages.RetryFailedTrialCallback
+        callback_kw = "failed_trial_callback"
+    with warnings.catch_warnings():
+        # Heartbeats and retries are marked experimental by Optuna; we rely on them knowingly.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = retry_cls(max_retry=settings.max_retry)
+        try:
+            storage = _HeartbeatFromStartStorage(
+                url,
+                engine_kwargs=_engine_kwargs(parsed),
+                heartbeat_interval=settings.heartbeat_interval,
+                grace_period=settings.grace_period,
+                **{callback_kw: retry},
+            )
+        except ImportError as error:
+            if parsed.get_backend_name() == "postgresql":
+                raise AutorobustError(
+                    f"storage {safe}: the PostgreSQL driver is not installed; run "
+                    'pip install "autorobust[postgres]" and use a postgresql+psycopg:// URL'
+                ) from error
+            raise AutorobustError(
+                f"storage {safe}: the Python driver for {parsed.drivername!r} is not installed"
+                f" ({_one_line(str(error.__cause__ or error))})"
+            ) from error
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise ConfigError(
+                f"storage: unknown database kind {parsed.drivername!r} in {safe!r}; expected "
+                "e.g. sqlite:///study.db or postgresql+psycopg://user:password@host/db"
+            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+            raise _storage_error(url, error) from error
+    if parsed.get_backend_name() == "sqlite":
+        _serialise_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every transaction on ``engine`` take SQLite's write lock when it begins.
+
+    Optuna's read-check-write steps (failing a stale trial, popping a queued trial) lock the row
+    with ``SELECT ... FOR UPDATE``, which SQLite ignores: two local workers could both fail one
+    stale trial (queueing two retries) or both pop one queued trial. ``BEGIN IMMEDIATE`` makes
+    such transactions run one at a time across processes; the SQLite ``timeout`` makes the others
+    wait for the lock. (SQLAlchemy's documented pysqlite recipe.)
+    """
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # stop pysqlite from issuing its own BEGIN
+
+    def on_begin(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    sqlalchemy.event.listen(engine, "begin", on_begin)
+    engine.dispose()  # connections opened by Optuna's setup predate the listeners
+
+
+def _derive_seed(seed: int | None, n_existing_trials: int) -> int | None:
+    if seed is None or n_existing_trials == 0:
+        return seed
+    # A resumed sampler restarts its generator; mixing in the trial count avoids replaying the
+    # proposals of the first run, while an identical rerun still gets the identical seed.
+    return int(np.random.SeedSequence([seed, n_existing_trials]).generate_state(1)[0])
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(previous, optuna.logging.WARNING))
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    optimize_logger.addFilter(_not_a_failed_trial_record)
+    try:
+        yield
+    finally:
+        optimize_logger.removeFilter(_not_a_failed_trial_record)
+        optuna.logging.set_verbosity(previous)
+
+
+def _not_a_failed_trial_record(record: logging.LogRecord) -> bool:
+    # Optuna logs a failed trial as two warnings, one with a traceback; we log one line instead.
+    message = record.getMessage()
+    return not (message.startswith("Trial ") and " failed " in message)
+
+
+def open_study(settings: SearchSettings, run_dir: Path) -> optuna.Study:
+    """Create the study ``settings.study_name`` or resume it if the storage already holds it.
+
+    The storage is an Optuna ``RDBStorage`` with heartbeats (``heartbeat_interval``,
+    ``grace_period``) and a retry callback: a trial whose worker died is marked FAIL by the next
+    worker that checks and re-queued with the same parameters, at most ``max_retry`` times.
+
+    Args:
+        settings: the search settings.
+        run_dir: folder of the default SQLite storage; created if needed.
+
+    Raises:
+        ConfigError: the storage URL is malformed, or the stored study has other directions.
+        AutorobustError: the database driver is missing (``pip install "autorobust[postgres]"``
+            for PostgreSQL) or the database cannot be reached; the message hides the password.
+    """
+    url = settings.storage_url(Path(run_dir))
+    if settings.storage is None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with _quiet_optuna():
+        storage = _make_storage(url, settings)
+        try:
+            try:
+                study_id = storage.get_study_id_from_name(settings.study_name)
+                n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+            except KeyError:
+                n_existing = 0
+            sampler = create_sampler(
+                settings.sampler,
+                seed=_derive_seed(settings.seed, n_existing),
+                n_startup_trials=settings.n_startup_trials,
+                n_ei_candidates=settings.n_ei_candidates,
+                gamma=settings.gamma,
+                multivariate=settings.multivariate,
+            )
+            study = optuna.create_study(
+                storage=storage,
+                sampler=sampler,
+                pruner=create_pruner(settings.pruner),
+                study_name=settings.study_name,
+                directions=list(settings.directions),
+                load_if_exists=True,
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+            raise _storage_error(url, error) from error
+    stored = tuple(direction.name.lower() for direction in study.directions)
+    if stored != tuple(settings.directions):
+        raise ConfigError(
+            f"directions: study {settings.study_name!r} in {redact_url(url)} was created with "
+            f"{list(stored)}, got {list(settings.directions)}; use another study name"
+        )
+    return study
+
+
+class _GuardedObjective:
+    """Wraps the user's objective: budget check, failure reasons, failure streak, Ctrl-C.
+
+    Budget: trial numbers are assigned in creation order under a row lock on the study, so trial
+    k runs only while fewer than ``n_trials`` trials numbered below k are finished, running or
+    queued. Then, whatever the interleaving of workers, the finished trials are at most
+    ``n_trials``: the highest-numbered one saw all the others. A trial that loses this race ends
+    FAIL with the reason ``not run: ...`` without calling the objective; the pre-check in
+    :func:`run_study` makes such races rare.
+    """
+
+    def __init__(
+        self,
+        objective: Callable[[optuna.Trial], float | Sequence[float]],
+        *,
+        study: optuna.Study,
+        n_trials: int,
+        n_objectives: int,
+        max_consecutive_failures: int | None,
+    ) -> None:
+        self.objective = objective
+        self.study = study
+        self.n_trials = n_trials
+        self.n_objectives = n_objectives
+        self.max_consecutive_failures = max_consecutive_failures
+        self.current_trial: int | None = None
+        self.consecutive_failures = 0
+        self.last_failure = ""
+
+    def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+        self.current_trial = trial.number
+        if self._is_surplus(trial):
+            trial.set_user_attr(FAIL_REASON_ATTR, _SURPLUS_REASON)
+            _LOG.info("trial %d %s", trial.number, _SURPLUS_REASON)
+            self.study.stop()
+            raise _BudgetHeldElsewhere(_SURPLUS_REASON)
+        try:
+            result = self.objective(trial)
+        except optuna.TrialPruned:
+            self.consecutive_failures = 0
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(FAIL_REASON_ATTR, "interrupted (KeyboardInterrupt)")
+            raise
+        except Exception as error:
+            self._record_failure(trial, _one_line(f"{type(error).__name__}: {error}"))
+            _LOG.debug("traceback of failed trial %d", trial.number, exc_info=True)
+            raise
+        reason = _invalid_result_reason(result, self.n_objectives)
+        if reason is None:
+            self.consecutive_failures = 0
+        else:
+            # Optuna itself marks the trial FAIL for this value; we only keep the reason.
+            self._record_failure(trial, reason)
+        return result
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        holding = self.study.get_trials(deepcopy=False, states=_HOLDING_BUDGET)
+        ahead = sum(1 for other in holding if other.number < trial.number)
+        return ahead >= self.n_trials
+
+    def _record_failure(self, trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        _LOG.warning("trial %d failed: %s", trial.number, reason)
+        self.consecutive_failures += 1
+        self.last_failure = f"trial {trial.number}: {reason}"
+        if self.is_broken():
+            self.study.stop()
+
+    def is_broken(self) -> bool:
+        """Whether this worker's own trials failed ``max_consecutive_failures`` times in a row."""
+        limit = self.max_consecutive_failures
+        return limit is not None and self.consecutive_failures >= limit
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna callback: forget the finished trial and log a completed one."""
+        self.current_trial = None
+        if trial.state == TrialState.COMPLETE:
+            _LOG.info("trial %d complete: %s", trial.number, _format_values(trial.values))
+
+    def fail_current_trial(self) -> None:
+        """Mark the trial this worker was running FAIL, if Optuna has not already done so."""
+        if self.current_trial is None:
+            return
+        try:
+            self.study.tell(self.current_trial, state=TrialState.FAIL, skip_if_finished=True)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # finished or re-queued meanwhile: nothing is left running
+        self.current_trial = None
+
+
+class _BudgetHeldElsewhere(Exception):
+    """Raised inside a trial that another worker's trials already make unnecessary."""
+
+
+def _invalid_result_reason(result: object, n_objectives: int) -> str | None:
+    values = list(result) if isinstance(result, Sequence) else [result]
+    if len(values) != n_objectives:
+        return f"objective returned {len(values)} values for {n_objectives} directions"
+    for value in values:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return f"objective returned {value!r}, not a number"
+        if math.isnan(number):
+            return "objective returned nan"
+    return None
+
+
+def _format_values(values: Sequence[float] | None) -> str:
+    if values is None:
+        return "none"
+    return ", ".join(f"{value:.6g}" for value in values)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def run_study(
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
+    settings: SearchSettings,
+    run_dir: Path,
+) -> optuna.Study:
+    """Run trials of ``objective`` until the study holds ``settings.n_trials`` finished trials.
+
+    Finished means COMPLETE or PRUNED, counted over all workers and earlier runs of the study, so
+    rerunning the same command resumes an interrupted search and an already finished study
+    returns at once. Several workers (processes or machines) may call this on one storage; while
+    the rest of the budget is held by other workers' running trials, a worker waits, checking
+    every ``min(heartbeat_interval, 5)`` seconds and failing trials of dead workers (which
+    re-queues them), and returns when the study is done.
+
+    Args:
+        objective: maps an ``optuna.Trial`` to one float per direction (a float, or a sequence
+            when there are several directions). It asks for parameters with ``trial.suggest_*``
+            and may report intermediate values for pruning.
+        settings: storage, sampler, budget and fault-tolerance settings.
+        run_dir: folder of the default SQLite storage.
+
+    Returns:
+        The study, which may hold fewer finished trials than ``n_trials`` if ``timeout`` ran out.
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C, after the running trial was marked FAIL (never RUNNING,
+            unless the interrupt struck inside Optuna's ``ask`` before the objective started;
+            heartbeats do not cover that moment).
+        AutorobustError: ``max_consecutive_failures`` trials of this worker failed in a row, or
+            the storage could not be opened.
+        ConfigError: as raised by :func:`open_study`.
+    """
+    study = open_study(settings, run_dir)
+    guarded = _GuardedObjective(
+        objective,
+        study=study,
+        n_trials=settings.n_trials,
+        n_objectives=len(settings.directions),
+        max_consecutive_failures=settings.max_consecutive_failures,
+    )
+    # Stops this worker's optimize loop as soon as the finished plus running trials cover the
+    # budget; the outer loop then waits in case a running trial fails.
+    budget_held = optuna.study.MaxTrialsCallback(
+        settings.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    )
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    poll_s = min(float(settings.heartbeat_interval), _MAX_POLL_S)
+    with _quiet_optuna():
+        try:
+            while True:
+                counts = study_state_counts(study)
+                finished = counts["COMPLETE"] + counts["PRUNED"]
+                if finished >= settings.n_trials:
+                    break
+                if guarded.is_broken():
+                    raise AutorobustError(
+                        f"{guarded.consecutive_failures} trials in a row failed in this worker "
+                        f"(last, {guarded.last_failure}); fix the objective or the search "
+                        "settings (max_consecutive_failures)"
+                    )
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                free = settings.n_trials - finished - counts["RUNNING"]
+                if free <= 0:
+                    _fail_stale_trials(study)
+                    time.sleep(poll_s if left is None else min(poll_s, left))
+                    continue
+                study.optimize(
+                    guarded,
+                    n_trials=free,
+                    timeout=left,
+                    catch=(Exception,),
+                    callbacks=[budget_held, guarded.after_trial],
+                    show_progress_bar=settings.show_progress_bar,
+                )
+        except KeyboardInterrupt:
+            guarded.fail_current_trial()
+            raise
+    return study
+
+
+def study_state_counts(study: optuna.Study) -> dict[str, int]:
+    """Number of trials in each state, keyed by every ``TrialState`` name (zeros included)."""
+    counts = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] += 1
+    return counts
+
+
+def best_trial_summary(study: optuna.Study) -> dict[str, Any]:
+    """A JSON-serialisable summary of the study's best trial(s) and its trial counts.
+
+    Returns:
+        ``{"study_name", "directions", "state_counts", "best_trial", "best_trials"}``:
+        ``best_trials`` is the best trial (one objective) or the Pareto front (several), each as
+        ``{"number", "value", "values", "params", "user_attrs"}``; ``value`` is the single
+        objective's value (``None`` with several); ``best_trial`` is the first of
+        ``best_trials`` for one objective, else ``None``. Non-finite values become ``None``
+        because strict JSON has no infinity.
+    """
+    directions = [direction.name.lower() for direction in study.directions]
+    single = len(directions) == 1
+    if single:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = [study.best_trial] if complete else []
+    else:
+        best = list(study.best_trials)
+    best_dicts = [_trial_summary(trial, single) for trial in best]
+    return {
+        "study_name": study.study_name,
+        "directions": directions,
+        "state_counts": study_state_counts(study),
+        "best_trial": best_dicts[0] if single and best_dicts else None,
+        "best_trials": best_dicts,
+    }
+
+
+def _trial_summary(trial: FrozenTrial, single: bool) -> dict[str, Any]:
+    values = [_finite_or_none(value) for value in (trial.values or [])]
+    return {
+        "number": trial.number,
+        "value": values[0] if single and values else None,
+        "values": values,
+        "params": _json_safe(dict(trial.params)),
+        "user_attrs": _json_safe(dict(trial.user_attrs)),
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return _finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {str(key): _json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(value) for value in obj]
+    return str(obj)
