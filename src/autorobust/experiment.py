@@ -198,6 +198,9 @@ def train_run(
         ),
         "history": [record.to_dict() for record in result.history],
     }
+    method_metrics = trainer.extra_metrics(splits.train)
+    if method_metrics:
+        metrics["method"] = method_metrics
     if evaluate_test:
         metrics["test"] = _evaluate(
             result.model,

@@ -165,6 +165,15 @@ class Trainer:
     def on_fit_start(self) -> None:
         """Called once the split tensors exist, before the first (or resumed) epoch."""
 
+    def extra_metrics(self, train: LabeledImages) -> dict[str, Any]:
+        """Method-specific results for ``metrics.json`` (under ``"method"``), after :meth:`fit`.
+
+        ``train`` is the training split passed to :meth:`fit`; a
+        :class:`~autorobust.data.splits.TrainingPool` also carries ``clean_labels`` and
+        ``noise_mask``, e.g. for how well learned sample weights separate noisy from clean samples.
+        """
+        return {}
+
     def extra_state(self) -> dict[str, Any]:
         """State a subclass needs checkpointed besides model, optimiser and scheduler."""
         return {}
