@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_write", "exclusive_directory", "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
@@ -45,3 +46,34 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (NaN/inf are refused: they are not JSON)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+@contextmanager
+def exclusive_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on folder ``path`` (created if needed) for the ``with`` block.
+
+    Two trainings writing one run directory would overwrite each other's checkpoints; the second
+    one fails at once instead. The lock is an ``flock`` on ``path/.lock``, released by the kernel
+    when the process ends, however it ends. Where ``fcntl`` does not exist (Windows), no lock.
+
+    Raises:
+        AutorobustError: another process holds the lock.
+    """
+    from autorobust.errors import AutorobustError
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield path
+        return
+    with open(path / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AutorobustError(f"{path}: in use by another autorobust process") from None
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

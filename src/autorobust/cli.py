@@ -170,9 +170,8 @@ def _command_search(args: argparse.Namespace) -> int:
     outcome = module.run_search(
         config, default_study_name=default_name, retrain=not args.no_retrain, **options
     )
-    print(
-        f"best trial #{outcome.best['number']}: {outcome.best['params']} (value {outcome.best['value']:.4g})"
-    )
+    best = outcome.best
+    print(f"best trial #{best['number']}: {best['params']} (value {best['value']:.4g})")
     if outcome.retrained is not None:
         _print_test_summary("retrained best", outcome.retrained.metrics)
     print(f"wrote {outcome.run_dir}")
@@ -185,13 +184,10 @@ def _command_datasets(args: argparse.Namespace) -> int:
     rows = describe_sources()
     width = max(len(name) for name, *_ in rows)
     for name, description, present, missing in rows:
-        status = (
-            "ready"
-            if present
-            else f"missing {missing[0]}"
-            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-        print(f"{name:<{width}}  {status:<10}  {description}")
+        print(f"{name:<{width}}  {'ready' if present else 'missing':<7}  {description}")
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            print(f"{'':<{width}}  {'':<7}  expects {missing[0]}{more}")
     return 0
 
 

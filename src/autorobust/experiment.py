@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from autorobust._io import write_json, write_text
+from autorobust._io import exclusive_directory, write_json, write_text
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.base import create_source
 from autorobust.data.splits import Splits, make_splits
@@ -154,8 +154,18 @@ def train_run(
     Returns:
         The run directory and the metrics written to ``metrics.json``.
     """
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_directory(config.run_dir) as run_dir:
+        return _train_locked(config, run_dir, resume, callbacks, splits, evaluate_test)
+
+
+def _train_locked(
+    config: ExperimentConfig,
+    run_dir: Path,
+    resume: bool,
+    callbacks: Sequence[Callable[[EpochRecord], None]],
+    splits: Splits | None,
+    evaluate_test: bool,
+) -> RunResult:
     device = resolve_device(config.device)
     started = time.perf_counter()
     splits = build_splits(config) if splits is None else splits

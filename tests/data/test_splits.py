@@ -116,22 +116,25 @@ def test_meta_and_training_images_do_not_depend_on_noise_settings(source: Source
     np.testing.assert_array_equal(other.train.labels, base.train.labels)
 
 
-def test_unlabeled_view_is_stratified_by_clean_label(source: SourceData) -> None:
+def test_unlabeled_view_is_class_balanced_by_clean_label(source: SourceData) -> None:
     splits = _noisy_long_tail(source)
     index = splits.unlabeled_index
     assert np.all(np.diff(index) > 0)
     np.testing.assert_array_equal(splits.unlabeled, splits.train.images[index])
-    # round(0.25 * n_c) of [36, 20, 11, 6, 3], at least 1 each.
+    # 0.25 * 76 images / 5 classes = 3.8 -> 4 of each of [36, 20, 11, 6, 3], or all of a class.
     np.testing.assert_array_equal(
-        np.bincount(splits.train.clean_labels[index], minlength=K), [9, 5, 3, 2, 1]
+        np.bincount(splits.train.clean_labels[index], minlength=K), [4, 4, 4, 4, 3]
     )
     assert splits.unlabeled.dtype == np.uint8 and splits.unlabeled.ndim == 4
     small = _noisy_long_tail(source, unlabeled_fraction=0.01)
     np.testing.assert_array_equal(
         np.bincount(small.train.clean_labels[small.unlabeled_index], minlength=K), [1] * K
     )
+    # The whole pool's worth, 76 / 5 = 15 per class: balanced as far as the tail allows.
     full = _noisy_long_tail(source, unlabeled_fraction=1.0)
-    np.testing.assert_array_equal(full.unlabeled_index, np.arange(len(full.train)))
+    np.testing.assert_array_equal(
+        np.bincount(full.train.clean_labels[full.unlabeled_index], minlength=K), [15, 15, 11, 6, 3]
+    )
 
 
 def test_determinism_and_seed_dependence(source: SourceData) -> None:
@@ -191,7 +194,7 @@ def test_summary_is_json_ready(source: SourceData) -> None:
     assert summary["train_size"] == 76
     assert summary["meta_size"] == 20
     assert summary["test_size"] == 40
-    assert summary["unlabeled_size"] == 20
+    assert summary["unlabeled_size"] == 19  # 4 + 4 + 4 + 4 + 3
     assert summary["train_clean_class_counts"] == [36, 20, 11, 6, 3]
     assert summary["meta_class_counts"] == [4] * K
     assert summary["imbalance_ratio"] == pytest.approx(12.0)

@@ -29,8 +29,9 @@ def _postgres_bin_dir() -> Path | None:
     on_path = shutil.which("initdb")
     candidates = [Path(on_path).resolve().parent] if on_path else []
     # Debian/Ubuntu keep the server binaries off PATH, one folder per major version.
-    versions = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += [Path(p) for p in sorted(versions, key=lambda p: int(Path(p).parent.name))[::-1]]
+    versions = [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")]
+    versions.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1)
+    candidates += versions[::-1]  # newest major version first
     for folder in candidates:
         if all((folder / name).is_file() for name in ("initdb", "pg_ctl", "createdb")):
             return folder

@@ -133,5 +133,7 @@ def test_killed_worker_trial_is_retried_postgres(postgres_url: str) -> None:
 @pytest.mark.slow
 def test_killed_worker_trial_is_retried_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    killed_number, _ = _kill_one_worker_of_three(url, "kill-one-worker")
+    killed_number, outputs = _kill_one_worker_of_three(url, "kill-one-worker")
     _check_study(url, "kill-one-worker", killed_number)
+    for out in outputs:
+        assert "torch imported: False" in out

@@ -200,6 +200,23 @@ def test_keyboard_interrupt_propagates_and_study_resumes(tmp_path: Path) -> None
     assert states(study) == ["COMPLETE", "COMPLETE", "FAIL"] + ["COMPLETE"] * 3
 
 
+def test_abandoned_running_trial_is_failed_and_retried(tmp_path: Path) -> None:
+    # A worker killed between creating its trial and starting the objective leaves it RUNNING.
+    settings = SearchSettings(
+        study_name="dead", n_trials=3, sampler="random", seed=0,
+        heartbeat_interval=1, grace_period=2, timeout=60,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="Heartbeat of storage is supposed to be used with"):
+        abandoned = open_study(settings, tmp_path).ask()
+    x = abandoned.suggest_float("x", -3.0, 3.0)
+    study = run_study(quadratic, settings, tmp_path)
+    trials = study.trials
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    # The retry is the last trial: it waits until the abandoned trial's heartbeat goes stale.
+    assert trials[3].system_attrs["failed_trial"] == 0
+    assert trials[3].params == {"x": x}
+
+
 def test_directions_mismatch_is_a_config_error(tmp_path: Path) -> None:
     run_study(quadratic, SearchSettings(study_name="dir", n_trials=1, sampler="random"), tmp_path)
     other = SearchSettings(study_name="dir", n_trials=1, directions=("minimize",))

@@ -142,3 +142,19 @@ def test_divergence_is_reported(config, splits):
     exploding = config.model_copy(update={"train": config.train.model_copy(update={"lr": 1e12})})
     with pytest.raises(AutorobustError, match="training diverged at epoch 0"):
         _trainer(exploding, splits, None).fit(splits.train, splits.meta)
+
+
+def test_learning_rate_follows_the_schedule_per_step(config, splits):
+    import math
+
+    trainer = _trainer(config, splits, None)
+    result = trainer.fit(splits.train, splits.meta)
+    steps = math.ceil(len(splits.train) / config.train.batch_size)
+    total = steps * config.train.epochs
+    # after epoch e the optimiser holds the rate of step (e + 1) * steps of the cosine schedule
+    expected = [
+        config.train.lr * 0.5 * (1 + math.cos(math.pi * (e + 1) * steps / total))
+        for e in range(config.train.epochs)
+    ]
+    assert [r.lr for r in result.history] == pytest.approx(expected, abs=1e-12)
+    assert result.history[-1].lr == pytest.approx(0.0, abs=1e-12)

@@ -8,8 +8,11 @@
    selection uses it, never the test set);
 3. the rest is subsampled to the imbalance profile, then its labels are corrupted by the noise
    model; clean labels, the noise mask and the indices into the source are kept;
-4. the **unlabeled view** (CSNAS's search subset) is a stratified ``unlabeled_fraction`` of the
-   shifted training pool with its labels dropped.
+4. the **unlabeled view** (CSNAS's search subset) is a class-balanced ``unlabeled_fraction`` of
+   the shifted training pool with its labels dropped: the same number of images of every class
+   (by clean label), fraction * N / K, or all of a class that has fewer. On a long-tailed pool it
+   therefore holds fewer than fraction * N images; the paper searches on a balanced subset, and a
+   search subset with the training pool's long tail would favour cells that serve the head.
 
 Randomness: ``np.random.SeedSequence(seed).spawn(4)`` gives four independent streams, one each
 for the meta set, the imbalance subsample, the noise and the unlabeled view. With one shared
@@ -186,16 +189,19 @@ def _imbalance_counts(
     return counts
 
 
-def _stratified_sample(
+def _balanced_sample(
     labels: np.ndarray, num_classes: int, fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Sorted positions of round(fraction * n_c) (at least 1) samples of every present class."""
+    """Sorted positions of q = round(fraction * N / K) samples of every present class (at least 1,
+    at most the class's size), K counting the present classes."""
+    present = np.unique(labels)
+    quota = max(1, math.floor(fraction * len(labels) / max(len(present), 1) + 0.5))
     chosen = []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
         if members.size == 0:
             continue
-        size = min(members.size, max(1, math.floor(fraction * members.size + 0.5)))
+        size = min(members.size, quota)
         chosen.append(rng.choice(members, size=size, replace=False))
     if not chosen:
         return np.zeros(0, dtype=np.int64)
@@ -234,8 +240,9 @@ def make_splits(
         noise_rate: p in [0, 1); must be 0 with noise "none"; unused with "matrix".
         noise_matrix: (K, K) row-stochastic matrix for noise "matrix".
         include_true_class: symmetric noise drawn from all K classes (MW-Net's code).
-        unlabeled_fraction: fraction in (0, 1] of every class (by clean label) of the shifted
-            training pool that forms the unlabeled view; at least one image per present class.
+        unlabeled_fraction: the unlabeled view holds round(fraction * N / K) images of every
+            class (by clean label) of the shifted training pool of N images, or all of a smaller
+            class; at least one image per present class.
         seed: non-negative integer seeding all four random streams.
 
     Returns:
@@ -331,7 +338,7 @@ def make_splits(
 
     # (4) Stratified by the clean label so the view has the shifted class distribution exactly,
     # whatever the noise; the labels themselves are dropped.
-    unlabeled_index = _stratified_sample(clean, k, unlabeled_fraction, unlabeled_rng)
+    unlabeled_index = _balanced_sample(clean, k, unlabeled_fraction, unlabeled_rng)
     return Splits(
         train=train,
         meta=source.train.subset(meta_index),

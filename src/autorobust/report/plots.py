@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autorobust._io import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["save_figure", "search_history_plot"]
 
 
-def save_figure(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write ``figure`` as a PNG to ``path`` atomically, then close it."""
     import matplotlib.pyplot as plt
 

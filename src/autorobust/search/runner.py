@@ -26,13 +26,13 @@ one-line ones; the tracebacks of failed trials are logged at DEBUG on this modul
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -229,11 +229,14 @@ class _HeartbeatFromStartStorage(optuna.storages.RDBStorage):
     that window: every dead trial goes stale after ``grace_period``.
     """
 
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        trial_id = super().create_new_trial(study_id, template_trial)
-        if template_trial is None or template_trial.state == TrialState.RUNNING:
-            self.record_heartbeat(trial_id)
-        return trial_id
+    # Optuna's public ``create_new_trial`` and its study cache both go through this method.
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == TrialState.RUNNING:
+            self.record_heartbeat(trial._trial_id)
+        return trial
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -322,7 +325,7 @@ def _derive_seed(seed: int | None, n_existing_trials: int) -> int | None:
     return int(np.random.SeedSequence([seed, n_existing_trials]).generate_state(1)[0])
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet_optuna() -> Iterator[None]:
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(max(previous, optuna.logging.WARNING))
@@ -479,10 +482,9 @@ class _GuardedObjective:
         """Mark the trial this worker was running FAIL, if Optuna has not already done so."""
         if self.current_trial is None:
             return
-        try:
+        # ValueError / UpdateFinishedTrialError: already finished meanwhile, nothing left running.
+        with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):
             self.study.tell(self.current_trial, state=TrialState.FAIL, skip_if_finished=True)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            pass  # finished or re-queued meanwhile: nothing is left running
         self.current_trial = None
 
 
@@ -541,9 +543,9 @@ def run_study(
         The study, which may hold fewer finished trials than ``n_trials`` if ``timeout`` ran out.
 
     Raises:
-        KeyboardInterrupt: on Ctrl-C, after the running trial was marked FAIL (never RUNNING,
-            unless the interrupt struck inside Optuna's ``ask`` before the objective started;
-            heartbeats do not cover that moment).
+        KeyboardInterrupt: on Ctrl-C, after the running trial was marked FAIL. (If the interrupt
+            strikes inside Optuna's ``ask``, before the objective starts, that trial stays
+            RUNNING until its heartbeat goes stale; the next run then fails and re-queues it.)
         AutorobustError: ``max_consecutive_failures`` trials of this worker failed in a row, or
             the storage could not be opened.
         ConfigError: as raised by :func:`open_study`.

@@ -59,7 +59,7 @@ def _tpe(
             seed=seed,
         )
     # Optuna 4.9 deprecated `gamma` (removal planned for 6.0); we still expose it because the
-    # good/bad split is the TPE setting papers report, and silence the warning the user can't act on.
+    # good/bad split is a TPE setting papers report, and hide a warning users cannot act on.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return optuna.samplers.TPESampler(

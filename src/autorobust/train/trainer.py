@@ -206,7 +206,7 @@ class Trainer:
         num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
         steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)
         total_steps = settings.epochs * steps_per_epoch
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
+        self.scheduler = scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(
                 step,
@@ -301,6 +301,7 @@ class Trainer:
                     self.augment(to_unit_float(x_train[index]), generator)
                 )
                 loss = self.training_step(x, y_train[index], index, epoch * steps_per_epoch + i)
+                self.scheduler.step()  # per optimisation step: the schedule is a function of it
                 if not torch.isfinite(loss):
                     raise AutorobustError(
                         f"training diverged at epoch {epoch}, step {i}: loss is {loss.item()}; "
