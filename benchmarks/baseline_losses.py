@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _common import run_jobs, update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent.parent / "README.md"
 MARKERS = ("<!-- baseline-benchmark:start -->", "<!-- baseline-benchmark:end -->")
 LOSSES = (
     "cross_entropy",
@@ -106,18 +104,6 @@ def summarise(rows: list[dict], losses: list[str], noises: list[float]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str, note: str) -> None:
-    text = README.read_text(encoding="utf-8")
-    start, end = MARKERS
-    if start not in text or end not in text:
-        raise SystemExit(f"{README}: markers {start} / {end} not found")
-    block = f"{start}\n{note}\n\n{table}\n{end}"
-    README.write_text(
-        re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S),
-        encoding="utf-8",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losses", nargs="+", default=list(LOSSES))
@@ -150,18 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     started = time.perf_counter()
     rows = []
-    if args.workers > 1:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-            for row in pool.map(run_one, jobs):
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    else:
-        for job in jobs:
-            rows.append(run_one(job))
-            print(json.dumps(rows[-1]), flush=True)
+    for row in run_jobs(run_one, jobs, args.workers):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - started
     table = summarise(rows, args.losses, args.noise)
     device = rows[0]["device"] if rows else args.device
@@ -182,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "baseline_losses.md").write_text(note + "\n\n" + table + "\n")
     print(table)
     if args.update_readme:
-        update_readme(table, note)
+        update_readme(MARKERS, table, note)
     return 0
 
 

@@ -150,7 +150,14 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path):
             "cpu",
         ]
 
-    proc = subprocess.Popen(argv(200), stderr=subprocess.PIPE, text=True)
+    # A shell that starts pytest in the background makes SIGINT ignored, and children inherit
+    # that: restore the default so the child's Python installs its KeyboardInterrupt handler.
+    proc = subprocess.Popen(
+        argv(200),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     checkpoint = run_dir / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:

@@ -23,6 +23,18 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
 
 
+def test_written_files_get_the_usual_permissions(tmp_path: Path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_write_json_refuses_nan(tmp_path: Path):
     with pytest.raises(ValueError, match="Out of range float"):
         write_json(tmp_path / "x.json", {"a": float("nan")})

@@ -47,6 +47,7 @@ def test_registry_names() -> None:
         "generalized_ce",
         "ldam",
         "logit_adjustment",
+        "parametric",
     ]
 
 

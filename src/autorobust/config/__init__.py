@@ -163,8 +163,9 @@ class ExperimentConfig(StrictModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    method: Literal["erm", "reweight"] = "erm"
-    """How the classifier is trained: plain ERM, or sample reweighting by a Meta-Weight-Net."""
+    method: Literal["erm", "reweight", "darts"] = "erm"
+    """How the classifier is trained: plain ERM, sample reweighting by a Meta-Weight-Net, or the
+    DARTS recipe for a searched cell (auxiliary loss, drop-path, clipping; model ``darts``)."""
     reweight: ReweightConfig = Field(default_factory=ReweightConfig)
     bilevel: BilevelConfig = Field(default_factory=BilevelConfig)
     architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)

@@ -38,7 +38,9 @@ class BaselineLossSpace:
     def __init__(
         self, *, losses: Sequence[str] | None = None, lr_range: tuple[float, float] = (0.005, 0.2)
     ) -> None:
-        self.losses = tuple(losses) if losses is not None else tuple(LOSSES.names())
+        # "parametric" is AutoBalance's learned family (`search loss`); at its defaults it is CE.
+        default = tuple(name for name in LOSSES.names() if name != "parametric")
+        self.losses = tuple(losses) if losses is not None else default
         for name in self.losses:
             LOSSES.get(name)  # an unknown name fails here, listing the valid ones
         self.lr_range = lr_range

@@ -1,8 +1,8 @@
 """Training methods by name (``method:`` in a config): ``erm`` and the ones later issues add.
 
-A method is a builder ``(config, splits, **trainer_kwargs) -> Trainer``; ``trainer_kwargs`` are the
-keyword arguments of :class:`~autorobust.train.trainer.Trainer` (model, loss, settings, device, seed,
-run_dir, callbacks, fingerprint).
+A method is a builder ``(config, splits, **trainer_kwargs) -> Trainer``; ``trainer_kwargs`` are
+the keyword arguments of :class:`~autorobust.train.trainer.Trainer` (model, loss, settings, device,
+seed, run_dir, callbacks, fingerprint).
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ TRAINERS: Registry[TrainerBuilder] = Registry("training method")
 
 # Modules that register further methods, imported on first use so that importing the trainer does
 # not import every method.
-_METHOD_MODULES = {"reweight": "autorobust.train.reweighting"}
+_METHOD_MODULES = {
+    "reweight": "autorobust.train.reweighting",
+    "darts": "autorobust.models.darts.training",
+}
 
 
 def register_trainer(name: str) -> Callable[[TrainerBuilder], TrainerBuilder]:

@@ -1,0 +1,38 @@
+"""What the benchmark scripts share: running jobs in worker processes and filling README tables."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def run_jobs(
+    function: Callable[[dict], dict], jobs: list[dict], workers: int
+) -> Iterator[dict[str, Any]]:
+    """Yield ``function(job)`` for every job, in order; ``workers > 1`` uses spawned processes.
+
+    Spawned (not forked) workers: each initialises CUDA and torch's thread pool on its own.
+    """
+    if workers <= 1:
+        yield from map(function, jobs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, max(len(jobs), 1)), mp_context=context) as pool:
+        yield from pool.map(function, jobs)
+
+
+def update_readme(markers: tuple[str, str], table: str, note: str) -> None:
+    """Replace the README block between ``markers`` by ``note`` and ``table``."""
+    text = README.read_text(encoding="utf-8")
+    start, end = markers
+    if start not in text or end not in text:
+        raise SystemExit(f"{README}: markers {start} / {end} not found")
+    block = f"{start}\n{note}\n\n{table}\n{end}"
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    README.write_text(re.sub(pattern, lambda _: block, text, flags=re.S), encoding="utf-8")

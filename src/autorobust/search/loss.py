@@ -1,0 +1,306 @@
+"""``autorobust search loss``: AutoBalance, a loss learned by bilevel optimisation, then retrained.
+
+One trial = one bilevel run (:class:`~autorobust.train.bilevel.BilevelTrainer`) on the training
+pool's train part, the upper level on its validation part (``bilevel.upper_data``). TPE, through the
+foundation's runner, may tune the bilevel trainer's own knobs (``bilevel.tune``: upper lr, warm-up,
+fairness weight, η scale, upper frequency); a trial is scored by the balanced accuracy of its
+lower-level model on the clean meta / validation split (never the test split). With an empty
+``tune`` every trial runs the configured values, so ``n_trials: 1`` is a single bilevel run.
+
+Outputs in ``run_dir``: ``search.json`` (the study), ``learned_loss.json`` (the best trial's
+per-class Δ, ι, ω, usable as ``loss: {name: parametric, options: {params_file: ...}}``),
+``learned_loss.png`` (parameters against class frequency) and ``best/`` (the retraining from
+scratch on the whole pool with the learned loss, ``metrics.json`` with the test split; in group
+mode also ``fairness``: equal-opportunity gap and worst-group accuracy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autorobust._io import write_json
+from autorobust.config import BilevelConfig, ExperimentConfig, validate_config
+from autorobust.data.base import ImageDataset
+from autorobust.data.splits import Splits
+from autorobust.data.tensors import images_to_tensor, resolve_device
+from autorobust.errors import AutorobustError, ConfigError
+from autorobust.experiment import (
+    build_model,
+    build_splits,
+    config_fingerprint,
+    train_run,
+)
+from autorobust.losses.parametric import ParametricLoss
+from autorobust.search.common import SearchOutcome, search_settings
+from autorobust.search.runner import best_trial_summary, run_study
+
+__all__ = ["BilevelKnobSpace", "bilevel_loss", "run_bilevel", "run_search", "split_for_bilevel"]
+
+LEARNED_NAME = "learned_loss.json"
+
+
+class BilevelKnobSpace:
+    """The TPE space over the bilevel trainer's knobs named in ``bilevel.tune``.
+
+    Only calls ``trial.suggest_*``; :meth:`apply` turns a point into a :class:`BilevelConfig`.
+    """
+
+    def __init__(self, bilevel: BilevelConfig) -> None:
+        self.bilevel = bilevel
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """A point {knob: value} for the knobs in ``bilevel.tune`` (empty if none)."""
+        b, point = self.bilevel, {}
+        for knob in b.tune:
+            if knob == "upper_lr":
+                point[knob] = trial.suggest_float(knob, *b.upper_lr_range, log=True)
+            elif knob == "warmup_epochs":
+                point[knob] = trial.suggest_int(knob, *b.warmup_range)
+            elif knob == "fairness_weight":
+                point[knob] = trial.suggest_float(knob, *b.fairness_weight_range)
+            elif knob == "eta_scale":
+                point[knob] = trial.suggest_float(knob, *b.eta_scale_range)
+            elif knob == "upper_every":
+                point[knob] = trial.suggest_int(knob, *b.upper_every_range, log=True)
+        return point
+
+    def apply(self, point: dict[str, Any]) -> BilevelConfig:
+        """``bilevel`` with the point's values."""
+        return BilevelConfig.model_validate({**self.bilevel.model_dump(), **point})
+
+
+def split_for_bilevel(
+    config: ExperimentConfig, splits: Splits
+) -> tuple[ImageDataset, ImageDataset]:
+    """(lower-level train data, upper-level validation data) of the bilevel phase.
+
+    ``upper_data: pool`` splits the training pool (:func:`autorobust.train.bilevel.split_pool`,
+    seeded by ``config.seed``); ``meta`` trains on the whole pool and validates on the meta set.
+    """
+    from autorobust.train.bilevel import split_pool
+
+    b = config.bilevel
+    pool = splits.train.as_dataset()
+    if b.upper_data == "meta":
+        return pool, splits.meta
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 5]))
+    train_index, val_index = split_pool(
+        pool.labels,
+        splits.num_classes,
+        val_fraction=b.val_fraction,
+        mode=b.val_split,
+        max_class_fraction=b.max_class_val_fraction,
+        rng=rng,
+    )
+    return pool.subset(train_index), pool.subset(val_index)
+
+
+def bilevel_loss(config: ExperimentConfig, class_counts: np.ndarray) -> ParametricLoss:
+    """The parametric loss at the configured initial point (CE or logit adjustment)."""
+    b = config.bilevel
+    return ParametricLoss(
+        class_counts=class_counts,
+        init=b.init,
+        tau=b.init_tau,
+        cdt_gamma=b.init_cdt_gamma,
+        scale_parameterisation=b.scale_parameterisation,
+        group_size=b.group_size,
+        class_groups=b.class_groups,
+        num_attributes=_num_attributes(config, None),
+    )
+
+
+def _num_attributes(config: ExperimentConfig, groups: np.ndarray | None) -> int:
+    if not config.bilevel.group_sensitive:
+        return 1
+    if groups is None:
+        return 2  # placeholder until the data say; replaced in run_bilevel
+    return int(groups.max()) + 1
+
+
+def run_bilevel(
+    config: ExperimentConfig,
+    splits: Splits,
+    *,
+    run_dir: Path,
+    bilevel: BilevelConfig | None = None,
+    callbacks: tuple = (),
+) -> dict[str, Any]:
+    """One bilevel run; writes ``run_dir/learned_loss.json`` and returns its content.
+
+    Returns:
+        ``{"options": per-class Δ/ι/ω, "class_counts", "val_balanced_accuracy" (meta set),
+        "hyper_log", "method": trainer diagnostics, "seconds"}``.
+    """
+    import time
+
+    from autorobust.train.bilevel import BilevelTrainer
+    from autorobust.train.metrics import classification_metrics
+    from autorobust.train.trainer import predict
+
+    started = time.perf_counter()
+    bilevel = bilevel or config.bilevel
+    config = config.model_copy(update={"bilevel": bilevel})
+    train_part, val_part = split_for_bilevel(config, splits)
+    counts = np.bincount(train_part.labels, minlength=splits.num_classes)
+    if counts.min() == 0:
+        raise AutorobustError(
+            f"bilevel split leaves class {int(counts.argmin())} without training images; "
+            "lower bilevel.val_fraction"
+        )
+    if bilevel.group_sensitive and train_part.groups is None:
+        raise ConfigError("bilevel.group_sensitive: the data source provides no group attributes")
+    loss = bilevel_loss(config, counts)
+    if bilevel.group_sensitive:
+        loss = ParametricLoss(
+            class_counts=counts,
+            init=bilevel.init,
+            tau=bilevel.init_tau,
+            cdt_gamma=bilevel.init_cdt_gamma,
+            scale_parameterisation=bilevel.scale_parameterisation,
+            group_size=bilevel.group_size,
+            class_groups=bilevel.class_groups,
+            num_attributes=int(max(train_part.groups.max(), val_part.groups.max())) + 1,
+        )
+    epochs = bilevel.search_epochs or config.train.epochs
+    settings = config.train.model_copy(
+        update={"epochs": epochs, "warmup_epochs": min(config.train.warmup_epochs, epochs - 1)}
+    )
+    device = resolve_device(config.device)
+    fingerprint = hashlib.sha256(
+        (config_fingerprint(config) + json.dumps(bilevel.model_dump(), sort_keys=True)).encode()
+    ).hexdigest()[:16]
+    trainer = BilevelTrainer(
+        bilevel=bilevel,
+        train_groups=train_part.groups,
+        val_groups=val_part.groups,
+        model=build_model(config, splits),
+        loss=loss,
+        settings=settings,
+        device=device,
+        seed=config.seed,
+        run_dir=run_dir,
+        callbacks=callbacks,
+        fingerprint=fingerprint,
+    )
+    result = trainer.fit(train_part, val_part, resume=True)
+    logits = predict(result.model, images_to_tensor(splits.meta.images, device), trainer.normalize)
+    meta = classification_metrics(splits.meta.labels, logits.argmax(1).numpy(), splits.num_classes)
+    learned = {
+        "options": loss.class_parameters(),
+        "class_counts": splits.train_class_counts.tolist(),
+        "bilevel_train_class_counts": counts.tolist(),
+        "val_balanced_accuracy": meta["balanced_accuracy"],
+        "method": trainer.extra_metrics(train_part),
+        "hyper_log": trainer.hyper_log,
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(Path(run_dir) / LEARNED_NAME, learned)
+    return learned
+
+
+def run_search(
+    config: ExperimentConfig,
+    *,
+    default_study_name: str = "loss",
+    retrain: bool = True,
+    splits: Splits | None = None,
+) -> SearchOutcome:
+    """Run (or resume) the AutoBalance study of ``config`` in ``config.run_dir``; then retrain.
+
+    Returns:
+        The best trial's summary, and with ``retrain`` the run of the learned loss trained from
+        scratch on the whole pool for ``train.epochs`` epochs in ``run_dir/best`` (with test
+        metrics, and ``fairness`` metrics when the test split has group attributes).
+    """
+    import optuna
+
+    run_dir = Path(config.run_dir)
+    splits = build_splits(config) if splits is None else splits
+    space = BilevelKnobSpace(config.bilevel)
+    quiet = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})
+
+    def objective(trial: optuna.Trial) -> float:
+        point = space.suggest(trial)
+        trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
+
+        def report(record: Any) -> None:
+            trial.report(record.val_balanced_accuracy, record.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        learned = run_bilevel(
+            quiet, splits, run_dir=trial_dir, bilevel=space.apply(point), callbacks=(report,)
+        )
+        (trial_dir / "checkpoint.pt").unlink(missing_ok=True)
+        trial.set_user_attr("learned_loss", learned["options"])
+        return float(learned["val_balanced_accuracy"])
+
+    settings = search_settings(config.search, study_name=default_study_name)
+    study = run_study(objective, settings, run_dir)
+    summary = best_trial_summary(study)
+    write_json(run_dir / "search.json", summary)
+    best = summary["best_trial"]
+    if best is None:
+        raise AutorobustError(
+            f"study {study.study_name!r} has no completed trial ({summary['state_counts']})"
+        )
+    best_dir = run_dir / "trials" / f"trial-{best['number']:04d}"
+    learned = json.loads((best_dir / LEARNED_NAME).read_text(encoding="utf-8"))
+    learned["trial"] = best["number"]
+    write_json(run_dir / LEARNED_NAME, learned)
+    _plot(learned, splits, run_dir / "learned_loss.png")
+    retrained = None
+    if retrain:
+        if config.bilevel.group_sensitive:
+            raise AutorobustError(
+                "retraining a group-sensitive loss is not implemented yet; rerun with --no-retrain"
+            )
+        raw = config.to_dict()
+        raw["loss"] = {"name": "parametric", "options": learned["options"]}
+        raw["method"] = "erm"
+        raw["run_dir"] = str(run_dir / "best")
+        retrained = train_run(validate_config(raw, where="learned loss"), splits=splits)
+        if splits.test.groups is not None:
+            retrained = _add_fairness(retrained, splits, config)
+    return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
+
+
+def _plot(learned: dict[str, Any], splits: Splits, path: Path) -> None:
+    from autorobust.report.autobalance import learned_parameters_plot
+
+    options = learned["options"]
+    if np.ndim(options["offset"]) != 1:
+        return  # group-sensitive parameters: one curve per attribute is not drawn yet
+    learned_parameters_plot(
+        splits.train_class_counts, options, path, class_names=list(splits.class_names)
+    )
+
+
+def _add_fairness(retrained: Any, splits: Splits, config: ExperimentConfig) -> Any:
+    """Add equal-opportunity gap and worst-group accuracy on the test split to metrics.json."""
+    import torch
+
+    from autorobust.data.tensors import Normalization
+    from autorobust.experiment import RunResult
+    from autorobust.train.bilevel import fairness_metrics
+    from autorobust.train.trainer import load_checkpoint, predict
+
+    device = resolve_device(config.device)
+    checkpoint = load_checkpoint(retrained.run_dir / "checkpoint.pt", map_location=device)
+    model = build_model(config, splits).to(device)
+    model.load_state_dict(checkpoint["best_model"])
+    normalize = Normalization.from_images(splits.train.images)
+    with torch.no_grad():
+        logits = predict(model, images_to_tensor(splits.test.images, device), normalize)
+    metrics = dict(retrained.metrics)
+    metrics["fairness"] = fairness_metrics(
+        splits.test.labels, logits.argmax(1).numpy(), splits.test.groups
+    )
+    write_json(retrained.run_dir / "metrics.json", metrics)
+    return RunResult(run_dir=retrained.run_dir, metrics=metrics)
