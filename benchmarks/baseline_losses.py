@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--rows-from",
+        type=Path,
+        help="JSON list of rows (or a results JSON) of an earlier, cut-short run: keep them and "
+        "run only the missing (loss, noise, seed) cells",
+    )
     args = parser.parse_args(argv)
 
     jobs = [
@@ -134,14 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         for loss in args.losses
         for seed in args.seeds
     ]
-    started = time.perf_counter()
     rows = []
+    if args.rows_from:
+        earlier = json.loads(args.rows_from.read_text())
+        rows = earlier["rows"] if isinstance(earlier, dict) else earlier
+        done = {(r["loss"], r["noise"], r["seed"]) for r in rows}
+        jobs = [j for j in jobs if (j["loss"], j["noise"], j["seed"]) not in done]
+    started = time.perf_counter()
     for row in run_jobs(run_one, jobs, args.workers):
         rows.append(row)
         print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - started
     table = summarise(rows, args.losses, args.noise)
-    device = rows[0]["device"] if rows else args.device
+    device = ", ".join(sorted({r["device"] for r in rows})) or args.device
     note = (
         "Fashion-MNIST, long tail rho=100 then symmetric noise, `small_cnn`, "
         f"{args.epochs} epochs, "

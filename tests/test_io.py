@@ -42,9 +42,12 @@ def test_write_json_refuses_nan(tmp_path: Path):
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path: Path, capsys):
-    with exclusive_directory(tmp_path / "run"), pytest.raises(AutorobustError, match="in use"):
-        with exclusive_directory(tmp_path / "run"):
-            pass
+    with (
+        exclusive_directory(tmp_path / "run"),
+        pytest.raises(AutorobustError, match="in use"),
+        exclusive_directory(tmp_path / "run"),
+    ):
+        pass
     with exclusive_directory(tmp_path / "run"):
         status = main(["train", "demo", "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert status == 2
