@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import platform
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -36,3 +38,23 @@ def update_readme(markers: tuple[str, str], table: str, note: str) -> None:
     block = f"{start}\n{note}\n\n{table}\n{end}"
     pattern = re.escape(start) + ".*?" + re.escape(end)
     README.write_text(re.sub(pattern, lambda _: block, text, flags=re.S), encoding="utf-8")
+
+
+def write_results(
+    out: Path,
+    name: str,
+    *,
+    note: str,
+    table: str,
+    payload: dict[str, Any],
+    markers: tuple[str, str] | None = None,
+) -> None:
+    """Write ``out/NAME.json`` (``note``, the Python version and ``payload``) and ``out/NAME.md``
+    (note and table), print the table and, given ``markers``, put it into README."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"note": note, "python": platform.python_version(), **payload}
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{name}.md").write_text(note + "\n\n" + table + "\n")
+    print(table)
+    if markers is not None:
+        update_readme(markers, table, note)

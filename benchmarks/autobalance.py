@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_jobs, update_readme
+from _common import run_jobs, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- autobalance-benchmark:start -->", "<!-- autobalance-benchmark:end -->")
@@ -180,18 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         f"on a GPU), measured {time.strftime('%Y-%m-%d')}; reproduce: "
         "`python benchmarks/autobalance.py`."
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "autobalance.json").write_text(
-        json.dumps(
-            {"note": note, "elapsed_s": elapsed, "python": platform.python_version(), "rows": rows},
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        args.out,
+        "autobalance",
+        note=note,
+        table=table,
+        payload={"elapsed_s": elapsed, "rows": rows},
+        markers=MARKERS if args.update_readme else None,
     )
-    (args.out / "autobalance.md").write_text(note + "\n\n" + table + "\n")
-    print(table)
-    if args.update_readme:
-        update_readme(MARKERS, table, note)
     return 0
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_jobs, update_readme
+from _common import run_jobs, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- baseline-benchmark:start -->", "<!-- baseline-benchmark:end -->")
@@ -159,18 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds {args.seeds}, device {device} ({args.workers} parallel runs), measured "
         f"{time.strftime('%Y-%m-%d')}; reproduce: `python benchmarks/baseline_losses.py`."
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "baseline_losses.json").write_text(
-        json.dumps(
-            {"note": note, "elapsed_s": elapsed, "python": platform.python_version(), "rows": rows},
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        args.out,
+        "baseline_losses",
+        note=note,
+        table=table,
+        payload={"elapsed_s": elapsed, "rows": rows},
+        markers=MARKERS if args.update_readme else None,
     )
-    (args.out / "baseline_losses.md").write_text(note + "\n\n" + table + "\n")
-    print(table)
-    if args.update_readme:
-        update_readme(MARKERS, table, note)
     return 0
 
 

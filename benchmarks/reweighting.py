@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_jobs, update_readme
+from _common import run_jobs, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- reweight-benchmark:start -->", "<!-- reweight-benchmark:end -->")
@@ -324,25 +323,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d')}. Searched V: {searched or '–'}. "
         "Reproduce: `python benchmarks/reweighting.py`."
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reweighting.json").write_text(
-        json.dumps(
-            {
-                "note": note,
-                "elapsed_s": elapsed,
-                "python": platform.python_version(),
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "searches": searches,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        args.out,
+        "reweighting",
+        note=note,
+        table=table,
+        payload={
+            "elapsed_s": elapsed,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "searches": searches,
+            "rows": rows,
+        },
+        markers=MARKERS if args.update_readme else None,
     )
-    (args.out / "reweighting.md").write_text(note + "\n\n" + table + "\n")
-    print(table)
-    if args.update_readme:
-        update_readme(MARKERS, table, note)
     return 0
 
 
