@@ -138,10 +138,16 @@ def test_group_sensitive_parameters_per_attribute(tmp_path):
         tmp_path, "gs", "train.epochs=2", "bilevel.warmup_epochs=1", "bilevel.group_sensitive=true"
     )
     splits = _with_groups(build_splits(config))
-    outcome = run_search(config, splits=splits, retrain=False)
+    outcome = run_search(config, splits=splits)
     learned = json.loads((tmp_path / "gs" / "learned_loss.json").read_text())
-    assert np.asarray(learned["options"]["offset"]).shape == (2, 10)
-    assert outcome.retrained is None
+    offsets = np.asarray(learned["options"]["offset"])
+    assert offsets.shape == (2, 10)
+    # the retraining uses the per-attribute loss: one row of parameters per group attribute
+    assert outcome.retrained is not None
+    assert outcome.retrained.metrics["run"]["loss"] == "parametric"
+    assert {"equal_opportunity_gap", "worst_group_accuracy"} <= set(
+        outcome.retrained.metrics["fairness"]
+    )
 
 
 def test_group_sensitive_without_groups_is_a_config_error(tmp_path):

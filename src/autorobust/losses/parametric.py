@@ -184,6 +184,11 @@ class ParametricLoss(ClassificationLoss):
             )
         return values.copy()
 
+    @property
+    def uses_groups(self) -> bool:
+        """Whether ``per_sample`` needs each sample's group attribute (group-sensitive mode)."""
+        return self.num_attributes > 1
+
     # -- the parameters as values --------------------------------------------------------------
 
     def scales(self) -> Tensor:
@@ -199,12 +204,15 @@ class ParametricLoss(ClassificationLoss):
         """ω float (A, K) > 0."""
         return torch.exp(self.raw_weight[:, self.slot_of_class])
 
-    def class_parameters(self) -> dict[str, list[Any]]:
+    def class_parameters(self) -> dict[str, Any]:
         """Per-class Δ, ι, ω as plain lists: (K,) each, or (A, K) in group-sensitive mode.
 
-        The result is valid ``options`` for this loss (with the same ``num_attributes``).
+        The result is valid ``options`` for this loss on its own: in group-sensitive mode it also
+        holds ``num_attributes``.
         """
-        out = {}
+        out: dict[str, Any] = {}
+        if self.num_attributes > 1:
+            out["num_attributes"] = self.num_attributes
         for key, tensor in (
             ("scale", self.scales()),
             ("offset", self.offsets()),

@@ -257,10 +257,6 @@ def run_search(
     _plot(learned, splits, run_dir / "learned_loss.png")
     retrained = None
     if retrain:
-        if config.bilevel.group_sensitive:
-            raise AutorobustError(
-                "retraining a group-sensitive loss is not implemented yet; rerun with --no-retrain"
-            )
         raw = config.to_dict()
         raw["loss"] = {"name": "parametric", "options": learned["options"]}
         raw["method"] = "erm"

@@ -101,7 +101,8 @@ class Trainer:
     """Trains ``model`` on a training split, selecting the epoch by balanced accuracy on validation.
 
     During :meth:`fit`, ``train_images`` / ``val_images`` (uint8 (N, C, H, W) on ``device``),
-    ``train_labels`` / ``val_labels`` (int64 (N,)) and ``normalize`` are available to subclasses.
+    ``train_labels`` / ``val_labels`` (int64 (N,)), ``train_groups`` (int64 (N,) or None) and
+    ``normalize`` are available to subclasses.
 
     Args:
         model: a classifier taking normalised float images (B, C, H, W) to logits (B, K).
@@ -157,10 +158,27 @@ class Trainer:
             step: global optimisation step (0-based).
         """
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.model(x), y)
+        loss = self.batch_loss(self.model(x), y, index)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def batch_loss(
+        self, logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean training loss of a batch: logits (B, K), labels (B,), positions ``index`` (B,).
+
+        A loss with per-group parameters (``uses_groups``, e.g. AutoBalance's group-sensitive
+        loss) also receives the batch's group attributes.
+        """
+        if not getattr(self.loss, "uses_groups", False):
+            return self.loss(logits, y)
+        if self.train_groups is None:
+            raise AutorobustError(
+                f"loss {type(self.loss).__name__} has per-group parameters, but the training "
+                "data carries no group attributes"
+            )
+        return self.loss(logits, y, groups=self.train_groups[index])
 
     def on_fit_start(self) -> None:
         """Called once the split tensors exist, before the first (or resumed) epoch."""
@@ -203,6 +221,12 @@ class Trainer:
         )
         self.val_images = x_val = images_to_tensor(val.images, self.device)
         self.val_labels = torch.as_tensor(val.labels, dtype=torch.int64, device=self.device)
+        groups = getattr(train, "groups", None)
+        self.train_groups = (
+            None
+            if groups is None
+            else torch.as_tensor(groups, dtype=torch.int64, device=self.device)
+        )
         num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
         steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)
         total_steps = settings.epochs * steps_per_epoch
