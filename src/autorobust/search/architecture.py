@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 
-from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.splits import Splits
 from autorobust.data.tensors import resolve_device
-from autorobust.errors import AutorobustError, ConfigError
+from autorobust.errors import ConfigError
 from autorobust.experiment import build_splits, train_run
 from autorobust.models.darts import (
     OPERATION_NAMES,
@@ -40,9 +39,14 @@ from autorobust.models.darts import (
     cell_edges,
     model_cost,
 )
-from autorobust.search.common import SearchOutcome, search_settings
+from autorobust.search.common import (
+    SearchOutcome,
+    finish_study,
+    prune_if_hopeless,
+    search_settings,
+)
 from autorobust.search.fitness import Fitness, create_fitness
-from autorobust.search.runner import best_trial_summary, open_study, run_study
+from autorobust.search.runner import open_study, run_study
 
 __all__ = [
     "CellSearchSpace",
@@ -199,9 +203,7 @@ def run_search(
         trial.set_user_attr("multiply_adds", cost.multiply_adds)
 
         def report(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+            prune_if_hopeless(trial, value, epoch)
 
         result = scorer.evaluate(network, splits, report=report)
         trial.set_user_attr("fitness_history", result.history)
@@ -216,18 +218,11 @@ def run_search(
     settings = dataclasses.replace(settings, seed=config.seed)
     _check_study_fitness(settings, run_dir, scorer.name)
     study = run_study(objective, settings, run_dir)
-    summary = best_trial_summary(study)
-    summary["fitness"] = scorer.name
-    summary["sampler"] = settings.sampler
     trials = _trial_table(study)
-    summary["trials"] = trials
-    write_json(run_dir / "search.json", summary)
+    summary = finish_study(
+        study, run_dir, fitness=scorer.name, sampler=settings.sampler, trials=trials
+    )
     best = summary["best_trial"]
-    if best is None:
-        counts = summary["state_counts"]
-        raise AutorobustError(
-            f"study {study.study_name!r} has no completed trial ({counts}); see the warnings above"
-        )
     from autorobust.report.architecture import draw_genotype, fitness_history_plot
 
     complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]

@@ -12,14 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.splits import Splits
-from autorobust.errors import AutorobustError
 from autorobust.experiment import build_splits, train_run
 from autorobust.losses import LOSSES
-from autorobust.search.common import SearchOutcome, search_settings
-from autorobust.search.runner import best_trial_summary, run_study
+from autorobust.search.common import (
+    SearchOutcome,
+    finish_study,
+    search_settings,
+    train_trial,
+    trial_dir,
+)
+from autorobust.search.runner import run_study
 
 __all__ = ["BaselineLossSpace", "point_from_params", "run_search"]
 
@@ -90,29 +94,16 @@ def run_search(
 
     def objective(trial: optuna.Trial) -> float:
         point = space.suggest(trial)
-        trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
         trial_config = space.apply(config, point, epochs=trial_epochs, progress=False)
-        trial_config = trial_config.model_copy(update={"run_dir": str(trial_dir)})
-
-        def report(record: Any) -> None:
-            trial.report(record.val_balanced_accuracy, record.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        result = train_run(trial_config, callbacks=[report], splits=splits, evaluate_test=False)
-        (trial_dir / "checkpoint.pt").unlink(missing_ok=True)  # keep the disk use of a study flat
+        trial_config = trial_config.model_copy(
+            update={"run_dir": str(trial_dir(run_dir, trial.number))}
+        )
+        result = train_trial(trial, trial_config, splits)
         return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
 
     settings = search_settings(config.search, study_name=default_study_name)
     study = run_study(objective, settings, run_dir)
-    summary = best_trial_summary(study)
-    write_json(run_dir / "search.json", summary)
-    best = summary["best_trial"]
-    if best is None:
-        counts = summary["state_counts"]
-        raise AutorobustError(
-            f"study {study.study_name!r} has no completed trial ({counts}); see the warnings above"
-        )
+    best = finish_study(study, run_dir)["best_trial"]
     retrained = None
     if retrain:
         point = point_from_params(best["params"])

@@ -36,8 +36,15 @@ from autorobust.experiment import (
     train_run,
 )
 from autorobust.losses.parametric import ParametricLoss
-from autorobust.search.common import SearchOutcome, search_settings
-from autorobust.search.runner import best_trial_summary, run_study
+from autorobust.search.common import (
+    SearchOutcome,
+    finish_study,
+    prune_if_hopeless,
+    search_settings,
+    trial_dir,
+)
+from autorobust.search.runner import run_study
+from autorobust.train.trainer import EpochRecord
 
 __all__ = ["BilevelKnobSpace", "bilevel_loss", "run_bilevel", "run_search", "split_for_bilevel"]
 
@@ -227,31 +234,24 @@ def run_search(
 
     def objective(trial: optuna.Trial) -> float:
         point = space.suggest(trial)
-        trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
+        directory = trial_dir(run_dir, trial.number)
 
-        def report(record: Any) -> None:
-            trial.report(record.val_balanced_accuracy, record.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+        def report(record: EpochRecord) -> None:
+            prune_if_hopeless(trial, record.val_balanced_accuracy, record.epoch)
 
         learned = run_bilevel(
-            quiet, splits, run_dir=trial_dir, bilevel=space.apply(point), callbacks=(report,)
+            quiet, splits, run_dir=directory, bilevel=space.apply(point), callbacks=(report,)
         )
-        (trial_dir / "checkpoint.pt").unlink(missing_ok=True)
+        (directory / "checkpoint.pt").unlink(missing_ok=True)
         trial.set_user_attr("learned_loss", learned["options"])
         return float(learned["val_balanced_accuracy"])
 
     settings = search_settings(config.search, study_name=default_study_name)
     study = run_study(objective, settings, run_dir)
-    summary = best_trial_summary(study)
-    write_json(run_dir / "search.json", summary)
-    best = summary["best_trial"]
-    if best is None:
-        raise AutorobustError(
-            f"study {study.study_name!r} has no completed trial ({summary['state_counts']})"
-        )
-    best_dir = run_dir / "trials" / f"trial-{best['number']:04d}"
-    learned = json.loads((best_dir / LEARNED_NAME).read_text(encoding="utf-8"))
+    best = finish_study(study, run_dir)["best_trial"]
+    learned = json.loads(
+        (trial_dir(run_dir, best["number"]) / LEARNED_NAME).read_text(encoding="utf-8")
+    )
     learned["trial"] = best["number"]
     write_json(run_dir / LEARNED_NAME, learned)
     _plot(learned, splits, run_dir / "learned_loss.png")

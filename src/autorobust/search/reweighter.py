@@ -24,10 +24,16 @@ from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.config.reweight import ReweightSearchConfig
 from autorobust.data.splits import Splits
-from autorobust.errors import AutorobustError, UnknownNameError
+from autorobust.errors import UnknownNameError
 from autorobust.experiment import build_model, build_splits, train_run
-from autorobust.search.common import SearchOutcome, search_settings
-from autorobust.search.runner import best_trial_summary, run_study
+from autorobust.search.common import (
+    SearchOutcome,
+    finish_study,
+    search_settings,
+    train_trial,
+    trial_dir,
+)
+from autorobust.search.runner import run_study
 
 __all__ = ["BEST_SPEC_NAME", "MetaWeightNetSpace", "point_from_params", "run_search"]
 
@@ -137,39 +143,24 @@ def run_search(
 
     def objective(trial: optuna.Trial) -> float:
         point = space.suggest(trial)
-        trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
         trial_config = space.apply(config, point, epochs=trial_epochs, progress=False)
         trial_config = trial_config.model_copy(
             update={
-                "run_dir": str(trial_dir),
+                "run_dir": str(trial_dir(run_dir, trial.number)),
                 "reweight": trial_config.reweight.model_copy(update={"plots": False}),
             }
         )
-
-        def report(record: Any) -> None:
-            trial.report(record.val_balanced_accuracy, record.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        result = train_run(trial_config, callbacks=[report], splits=splits, evaluate_test=False)
+        result = train_trial(trial, trial_config, splits)
         method = result.metrics.get("method", {})
         for key in ("noise_auc", "mean_weight_clean", "mean_weight_noisy", "spec_name"):
             if method.get(key) is not None:
                 trial.set_user_attr(key, method[key])
-        (trial_dir / "checkpoint.pt").unlink(missing_ok=True)  # keep the disk use of a study flat
         return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
 
     settings = search_settings(config.search, study_name=default_study_name)
     study = run_study(objective, settings, run_dir)
-    summary = best_trial_summary(study)
-    write_json(run_dir / "search.json", summary)
     _history_plot(study, run_dir)
-    best = summary["best_trial"]
-    if best is None:
-        counts = summary["state_counts"]
-        raise AutorobustError(
-            f"study {study.study_name!r} has no completed trial ({counts}); see the warnings above"
-        )
+    best = finish_study(study, run_dir)["best_trial"]
     point = point_from_params(best["params"], space.settings)
     best_config = space.apply(config, point).model_copy(update={"run_dir": str(run_dir / "best")})
     write_json(
