@@ -29,6 +29,21 @@ def run_jobs(
         yield from pool.map(function, jobs)
 
 
+def earlier_rows(path: Path | None, jobs: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    """Rows of an earlier results JSON (``{"rows": [...]}`` or a bare list) at ``path`` whose
+    ``key`` no job of this run recomputes; ``[]`` without a path. Lets a run complete or re-measure
+    some cells of a table and keep the rest."""
+    if path is None:
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--rows-from {path}: cannot read it as JSON ({error})") from None
+    rows = earlier["rows"] if isinstance(earlier, dict) else earlier
+    recomputed = {key(job) for job in jobs}
+    return [row for row in rows if key(row) not in recomputed]
+
+
 def update_readme(markers: tuple[str, str], table: str, note: str) -> None:
     """Replace the README block between ``markers`` by ``note`` and ``table``."""
     text = README.read_text(encoding="utf-8")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_jobs, write_results
+from _common import earlier_rows, run_jobs, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- autobalance-benchmark:start -->", "<!-- autobalance-benchmark:end -->")
@@ -113,7 +113,9 @@ def summarise(rows: list[dict], methods: list[str], noises: list[float]) -> str:
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ce_time = {
-        (r["noise"], r["seed"]): r["wall_seconds"] for r in rows if r["method"] == "cross_entropy"
+        (r["noise"], r["seed"], r["device"]): r["wall_seconds"]
+        for r in rows
+        if r["method"] == "cross_entropy"
     }
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -123,9 +125,9 @@ def summarise(rows: list[dict], methods: list[str], noises: list[float]) -> str:
                 values = np.array([r[key] for r in mine if r["noise"] == noise]) * 100
                 cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if values.size else "–")
         ratios = [
-            r["wall_seconds"] / ce_time[(r["noise"], r["seed"])]
+            r["wall_seconds"] / ce_time[(r["noise"], r["seed"], r["device"])]
             for r in mine
-            if (r["noise"], r["seed"]) in ce_time
+            if (r["noise"], r["seed"], r["device"]) in ce_time
         ]
         cells.append(f"{np.mean(ratios):.2f}×" if ratios else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -147,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--rows-from",
+        type=Path,
+        help="results JSON of an earlier run: keep its rows for the (method, noise, seed) cells "
+        "this run does not compute (e.g. re-measure one noise level)",
+    )
     args = parser.parse_args(argv)
 
     jobs = [
@@ -165,19 +173,21 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
     ]
     started = time.perf_counter()
-    rows = []
+    rows = earlier_rows(args.rows_from, jobs, lambda r: (r["method"], r["noise"], r["seed"]))
     for row in run_jobs(run_one, jobs, args.workers):
         rows.append(row)
         print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - started
-    table = summarise(rows, args.methods, args.noise)
-    device = rows[0]["device"] if rows else args.device
+    noises = sorted({row["noise"] for row in rows})
+    table = summarise(rows, args.methods, noises)
+    on_device = {n: sorted({r["device"] for r in rows if r["noise"] == n}) for n in noises}
+    devices = "; ".join(f"{int(100 * n)}% noise on {'/'.join(on_device[n])}" for n in noises)
     note = (
         "Fashion-MNIST, long tail rho=100, then 0/20% symmetric noise, `small_cnn`, "
-        f"{args.epochs} epochs for every method, seeds {args.seeds}, device {device} "
-        f"({args.workers} parallel runs; the time ratio is only meaningful with --workers 1 or "
-        f"on a GPU), measured {time.strftime('%Y-%m-%d')}; reproduce: "
-        "`python benchmarks/autobalance.py`."
+        f"{args.epochs} epochs for every method, seeds {args.seeds}, {devices} "
+        f"({args.workers} parallel runs in this invocation; the time ratio compares runs on the "
+        f"same device and is only meaningful with --workers 1 or on a GPU), measured "
+        f"{time.strftime('%Y-%m-%d')}; reproduce: `python benchmarks/autobalance.py`."
     )
     write_results(
         args.out,
