@@ -194,3 +194,32 @@ def test_function_errors() -> None:
         ValueError, match=r"float tensor \(B, C, H, W\), got torch.float32 \(4, 4\)"
     ):
         cutout(torch.zeros(4, 4), 1, _gen())
+
+
+def test_class_strength_augments_each_class_with_its_probability() -> None:
+    n = 3000
+    x = torch.rand(n, 1, 6, 6, generator=_gen(0)) + 0.1  # never black
+    labels = torch.arange(n) % 3
+    whole = dict(cutout=100)  # the square covers the image: an augmented sample is all zero
+    aug = BatchAugment(**whole, class_strength=[0.0, 1.0, 0.3])
+    out = aug(x, _gen(5), labels)
+    blacked = (out == 0).flatten(1).all(1)
+    assert not blacked[labels == 0].any()
+    assert blacked[labels == 1].all()
+    assert abs(blacked[labels == 2].float().mean().item() - 0.3) < 0.04
+    unchanged = (out == x).flatten(1).all(1)
+    assert bool((unchanged | blacked).all())  # a sample is either augmented or left as it was
+    torch.testing.assert_close(aug(x, _gen(5), labels), out, rtol=0, atol=0)
+    assert "class_strength=[0.0, 1.0" in repr(aug)
+
+
+def test_class_strength_errors() -> None:
+    x = torch.rand(2, 1, 4, 4)
+    with pytest.raises(ConfigError, match=r"class_strength must lie in \[0, 1\], got \[0.5, 1.5\]"):
+        BatchAugment(cutout=2, class_strength=[0.5, 1.5])
+    aug = BatchAugment(cutout=2, class_strength=[0.5, 1.0])
+    with pytest.raises(ValueError, match=r"class_strength needs labels of shape \(2,\)"):
+        aug(x, _gen())
+    with pytest.raises(ConfigError, match="class_strength has 2 values, the data have 10 classes"):
+        aug.check_classes(10)
+    aug.check_classes(2)

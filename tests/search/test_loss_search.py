@@ -11,9 +11,10 @@ import pytest
 from autorobust.cli import main
 from autorobust.config import load_config
 from autorobust.data.base import ImageDataset
+from autorobust.errors import ConfigError
 from autorobust.experiment import build_splits, train_run
 from autorobust.losses import create_loss
-from autorobust.search.loss import BilevelKnobSpace, run_search
+from autorobust.search.loss import BilevelKnobSpace, augment_class_strength, run_search
 
 CONFIG = "digits-lt20-autobalance"
 
@@ -97,6 +98,37 @@ def test_knob_space_ranges():
     assert set(point) == {"upper_lr", "warmup_epochs", "eta_scale"}
     assert 0.005 <= point["upper_lr"] <= 0.3 and 0 <= point["warmup_epochs"] <= 5
     assert space.apply(point).upper_lr == point["upper_lr"]
+
+
+def test_augment_strength_knob_interpolates_in_log_count():
+    import optuna
+
+    config = load_config(
+        CONFIG, ["bilevel.tune=[augment_strength]", "bilevel.augment_strength_range=[0.2, 0.9]"]
+    )
+    point = BilevelKnobSpace(config.bilevel).suggest(optuna.create_study().ask())
+    assert set(point) == {"augment_head", "augment_tail"}
+    assert all(0.2 <= v <= 0.9 for v in point.values())
+    np.testing.assert_allclose(
+        augment_class_strength(0.2, 1.0, np.array([100, 10, 1])), [0.2, 0.6, 1.0]
+    )
+    assert augment_class_strength(0.4, 1.0, np.array([7, 7])) == [0.4, 0.4]
+
+
+def test_search_loss_tunes_per_class_augmentation(tmp_path):
+    """TPE over the head/tail augmentation strength; the best trial's per-class strengths are
+    written to learned_loss.json and used by the retraining."""
+    extra = ("train.epochs=2", "bilevel.warmup_epochs=1", "bilevel.tune=[augment_strength]")
+    config = _config(tmp_path, "aug", *extra, "search.n_trials=2")
+    run_search(config)
+    learned = json.loads((tmp_path / "aug" / "learned_loss.json").read_text())
+    strength = learned["augment_class_strength"]
+    assert len(strength) == 10 and all(0.0 <= s <= 1.0 for s in strength)
+    retrained = load_config(str(tmp_path / "aug" / "best" / "config.yaml"))
+    assert retrained.train.augment.class_strength == strength
+    plain = _config(tmp_path, "plain", *extra, "train.augment.crop_padding=0")
+    with pytest.raises(ConfigError, match="augment_strength needs an augmentation switched on"):
+        run_search(plain)
 
 
 def _with_groups(splits):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autorobust.config.architecture import ArchitectureConfig
 from autorobust.config.base import StrictModel
@@ -99,6 +99,17 @@ class AugmentConfig(StrictModel):
     grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
     cutout: int = Field(0, ge=0)
+    class_strength: list[float] | None = None
+    """Per-class probability in [0, 1] that a training sample of that class is augmented at all
+    (AutoBalance's individualised augmentation; ``search loss`` can tune it with TPE through
+    ``bilevel.tune: [augment_strength]``); None: every sample is augmented."""
+
+    @field_validator("class_strength")
+    @classmethod
+    def _strength_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(not 0.0 <= s <= 1.0 for s in value)):
+            raise ValueError(f"must be K values in [0, 1], got {value}")
+        return value
 
 
 class TrainConfig(StrictModel):

@@ -25,7 +25,9 @@ from autorobust.config.base import StrictModel
 
 __all__ = ["BilevelConfig"]
 
-TunableKnob = Literal["upper_lr", "warmup_epochs", "fairness_weight", "eta_scale", "upper_every"]
+TunableKnob = Literal[
+    "upper_lr", "warmup_epochs", "fairness_weight", "eta_scale", "upper_every", "augment_strength"
+]
 
 
 class BilevelConfig(StrictModel):
@@ -131,6 +133,11 @@ class BilevelConfig(StrictModel):
     fairness_weight_range: tuple[float, float] = (0.0, 5.0)
     eta_scale_range: tuple[float, float] = (0.2, 1.5)
     upper_every_range: tuple[int, int] = (5, 50)
+    augment_strength_range: tuple[float, float] = (0.0, 1.0)
+    """``augment_strength``: TPE picks the probability of augmenting a sample of the most
+    frequent class and of the rarest one in this range; classes between are interpolated linearly
+    in log class count (``train.augment.class_strength``). Augmentation is not differentiable,
+    so this part of the loss design is searched by TPE, not by the hypergradient."""
 
     @model_validator(mode="after")
     def _consistent(self) -> BilevelConfig:
@@ -140,6 +147,11 @@ class BilevelConfig(StrictModel):
             raise ValueError(f"class_groups must be group indices >= 0, got {self.class_groups}")
         if not (self.learn_scale or self.learn_offset or self.learn_weight):
             raise ValueError("nothing to learn: set learn_scale, learn_offset or learn_weight")
+        low, high = self.augment_strength_range
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(
+                f"augment_strength_range must be (low, high) in [0, 1], got {low, high}"
+            )
         for name in ("upper_lr_range", "fairness_weight_range", "eta_scale_range"):
             low, high = getattr(self, name)
             if not 0.0 <= low <= high:

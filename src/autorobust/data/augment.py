@@ -9,6 +9,8 @@ normalisation: colour jitter clamps to [0, 1], and cutout's zero is black.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -226,6 +228,8 @@ class BatchAugment:
         grayscale_p: probability of :func:`random_grayscale` (RGB only).
         jitter: strength of brightness, contrast and saturation in :func:`color_jitter`.
         cutout: side of the :func:`cutout` square; 0 disables it.
+        class_strength: per-class probability (K,) in [0, 1] that a sample of class c is
+            augmented at all (AutoBalance's individualised augmentation); None: every sample is.
     """
 
     def __init__(
@@ -236,6 +240,7 @@ class BatchAugment:
         grayscale_p: float = 0.0,
         jitter: float = 0.0,
         cutout: int = 0,
+        class_strength: Sequence[float] | None = None,
     ) -> None:
         _check_non_negative_int("crop_padding", crop_padding)
         _check_probability("grayscale_p", grayscale_p)
@@ -247,6 +252,22 @@ class BatchAugment:
         self.grayscale_p = grayscale_p
         self.jitter = jitter
         self.cutout = cutout
+        self.class_strength: Tensor | None = None
+        if class_strength is not None:
+            strength = torch.as_tensor(list(class_strength), dtype=torch.float32)
+            if strength.ndim != 1 or not strength.numel():
+                raise ConfigError(f"class_strength must be K probabilities, got {strength}")
+            if not bool(((strength >= 0) & (strength <= 1)).all()):
+                raise ConfigError(f"class_strength must lie in [0, 1], got {strength.tolist()}")
+            self.class_strength = strength
+
+    def check_classes(self, num_classes: int) -> None:
+        """Raise :class:`ConfigError` unless ``class_strength`` (if set) has K = ``num_classes``."""
+        if self.class_strength is not None and len(self.class_strength) != num_classes:
+            raise ConfigError(
+                f"train.augment.class_strength has {len(self.class_strength)} values, "
+                f"the data have {num_classes} classes"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -255,9 +276,28 @@ class BatchAugment:
             self.crop_padding or self.hflip or self.grayscale_p or self.jitter or self.cutout
         )
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """Augment a float batch (B, C, H, W) in [0, 1]; returns ``x`` itself when all are off."""
+    def __call__(
+        self, x: Tensor, generator: torch.Generator, labels: Tensor | None = None
+    ) -> Tensor:
+        """Augment a float batch (B, C, H, W) in [0, 1]; returns ``x`` itself when all are off.
+
+        With ``class_strength``, ``labels`` (B,) int are required: sample i keeps its augmented
+        version with probability ``class_strength[labels[i]]`` and is left as it was otherwise
+        (one more uniform number per sample, drawn after the pipeline's).
+        """
         _check_batch(x)
+        if not self.enabled:
+            return x
+        augmented = self._pipeline(x, generator)
+        if self.class_strength is None:
+            return augmented
+        if labels is None or labels.shape != (x.shape[0],):
+            raise ValueError(f"class_strength needs labels of shape ({x.shape[0]},), got {labels}")
+        strength = self.class_strength.to(x.device)[labels.to(x.device)]
+        keep = _uniform(x.shape[0], generator, x.device) < strength
+        return torch.where(keep[:, None, None, None], augmented, x)
+
+    def _pipeline(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
         if self.hflip:
@@ -271,7 +311,9 @@ class BatchAugment:
         return x
 
     def __repr__(self) -> str:
+        strength = None if self.class_strength is None else self.class_strength.tolist()
         return (
             f"BatchAugment(crop_padding={self.crop_padding}, hflip={self.hflip}, "
-            f"grayscale_p={self.grayscale_p}, jitter={self.jitter}, cutout={self.cutout})"
+            f"grayscale_p={self.grayscale_p}, jitter={self.jitter}, cutout={self.cutout}, "
+            f"class_strength={strength})"
         )

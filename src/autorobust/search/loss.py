@@ -3,12 +3,15 @@
 One trial = one bilevel run (:class:`~autorobust.train.bilevel.BilevelTrainer`) on the training
 pool's train part, the upper level on its validation part (``bilevel.upper_data``). TPE, through the
 foundation's runner, may tune the bilevel trainer's own knobs (``bilevel.tune``: upper lr, warm-up,
-fairness weight, η scale, upper frequency); a trial is scored by the balanced accuracy of its
-lower-level model on the clean meta / validation split (never the test split). With an empty
-``tune`` every trial runs the configured values, so ``n_trials: 1`` is a single bilevel run.
+fairness weight, η scale, upper frequency, and the per-class augmentation strength, which is not
+differentiable and so is searched by TPE rather than by the hypergradient); a trial is scored by
+the balanced accuracy of its lower-level model on the clean meta / validation split (never the
+test split). With an empty ``tune`` every trial runs the configured values, so ``n_trials: 1`` is
+a single bilevel run.
 
 Outputs in ``run_dir``: ``search.json`` (the study), ``learned_loss.json`` (the best trial's
-per-class Δ, ι, ω, usable as ``loss: {name: parametric, options: {params_file: ...}}``),
+per-class Δ, ι, ω, usable as ``loss: {name: parametric, options: {params_file: ...}}``, and the
+searched ``augment_class_strength`` or null),
 ``learned_loss.png`` (parameters against class frequency) and ``best/`` (the retraining from
 scratch on the whole pool with the learned loss, ``metrics.json`` with the test split; in group
 mode also ``fairness``: equal-opportunity gap and worst-group accuracy).
@@ -46,7 +49,14 @@ from autorobust.search.common import (
 from autorobust.search.runner import run_study
 from autorobust.train.trainer import EpochRecord
 
-__all__ = ["BilevelKnobSpace", "bilevel_loss", "run_bilevel", "run_search", "split_for_bilevel"]
+__all__ = [
+    "BilevelKnobSpace",
+    "augment_class_strength",
+    "bilevel_loss",
+    "run_bilevel",
+    "run_search",
+    "split_for_bilevel",
+]
 
 LEARNED_NAME = "learned_loss.json"
 
@@ -74,11 +84,36 @@ class BilevelKnobSpace:
                 point[knob] = trial.suggest_float(knob, *b.eta_scale_range)
             elif knob == "upper_every":
                 point[knob] = trial.suggest_int(knob, *b.upper_every_range, log=True)
+            elif knob == "augment_strength":
+                point["augment_head"] = trial.suggest_float(
+                    "augment_head", *b.augment_strength_range
+                )
+                point["augment_tail"] = trial.suggest_float(
+                    "augment_tail", *b.augment_strength_range
+                )
         return point
 
     def apply(self, point: dict[str, Any]) -> BilevelConfig:
-        """``bilevel`` with the point's values."""
-        return BilevelConfig.model_validate({**self.bilevel.model_dump(), **point})
+        """``bilevel`` with the point's values (the augmentation strengths excluded)."""
+        knobs = {k: v for k, v in point.items() if k not in ("augment_head", "augment_tail")}
+        return BilevelConfig.model_validate({**self.bilevel.model_dump(), **knobs})
+
+
+def augment_class_strength(head: float, tail: float, class_counts: np.ndarray) -> list[float]:
+    """Per-class augmentation probability (K,): ``head`` at the most frequent class, ``tail`` at
+    the rarest, linear in log class count between them (all ``head`` when counts are equal)."""
+    log_counts = np.log(np.maximum(np.asarray(class_counts, dtype=float), 1.0))
+    spread = log_counts.max() - log_counts.min()
+    t = (log_counts.max() - log_counts) / spread if spread > 0 else np.zeros_like(log_counts)
+    return [float(v) for v in head + t * (tail - head)]
+
+
+def _with_class_strength(
+    config: ExperimentConfig, strength: list[float] | None
+) -> ExperimentConfig:
+    augment = config.train.augment.model_copy(update={"class_strength": strength})
+    train = config.train.model_copy(update={"augment": augment})
+    return config.model_copy(update={"train": train})
 
 
 def split_for_bilevel(
@@ -200,6 +235,7 @@ def run_bilevel(
     meta = classification_metrics(splits.meta.labels, logits.argmax(1).numpy(), splits.num_classes)
     learned = {
         "options": loss.class_parameters(),
+        "augment_class_strength": config.train.augment.class_strength,
         "class_counts": splits.train_class_counts.tolist(),
         "bilevel_train_class_counts": counts.tolist(),
         "val_balanced_accuracy": meta["balanced_accuracy"],
@@ -231,16 +267,28 @@ def run_search(
     splits = build_splits(config) if splits is None else splits
     space = BilevelKnobSpace(config.bilevel)
     quiet = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})
+    if "augment_strength" in config.bilevel.tune and not any(
+        value for key, value in config.train.augment.model_dump().items() if key != "class_strength"
+    ):
+        raise ConfigError(
+            "bilevel.tune: augment_strength needs an augmentation switched on in train.augment"
+        )
 
     def objective(trial: optuna.Trial) -> float:
         point = space.suggest(trial)
         directory = trial_dir(run_dir, trial.number)
+        trial_config = quiet
+        if "augment_head" in point:
+            strength = augment_class_strength(
+                point["augment_head"], point["augment_tail"], splits.train_class_counts
+            )
+            trial_config = _with_class_strength(quiet, strength)
 
         def report(record: EpochRecord) -> None:
             prune_if_hopeless(trial, record.val_balanced_accuracy, record.epoch)
 
         learned = run_bilevel(
-            quiet, splits, run_dir=directory, bilevel=space.apply(point), callbacks=(report,)
+            trial_config, splits, run_dir=directory, bilevel=space.apply(point), callbacks=(report,)
         )
         (directory / "checkpoint.pt").unlink(missing_ok=True)
         trial.set_user_attr("learned_loss", learned["options"])
@@ -259,6 +307,7 @@ def run_search(
     if retrain:
         raw = config.to_dict()
         raw["loss"] = {"name": "parametric", "options": learned["options"]}
+        raw["train"]["augment"]["class_strength"] = learned["augment_class_strength"]
         raw["method"] = "erm"
         raw["run_dir"] = str(run_dir / "best")
         retrained = train_run(validate_config(raw, where="learned loss"), splits=splits)

@@ -228,6 +228,7 @@ class Trainer:
             else torch.as_tensor(groups, dtype=torch.int64, device=self.device)
         )
         num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
+        self.augment.check_classes(num_classes)
         steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)
         total_steps = settings.epochs * steps_per_epoch
         self.scheduler = scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -322,7 +323,7 @@ class Trainer:
                 index = order[i * batch_size : (i + 1) * batch_size]
                 # Augment intensities in [0, 1] (jitter clamps there), then standardise.
                 x = self.normalize.standardize(
-                    self.augment(to_unit_float(x_train[index]), generator)
+                    self.augment(to_unit_float(x_train[index]), generator, y_train[index])
                 )
                 loss = self.training_step(x, y_train[index], index, epoch * steps_per_epoch + i)
                 self.scheduler.step()  # per optimisation step: the schedule is a function of it
