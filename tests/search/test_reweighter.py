@@ -7,7 +7,7 @@ import pytest
 
 from autorobust.config import load_config
 from autorobust.config.reweight import ReweightSearchConfig
-from autorobust.errors import UnknownNameError
+from autorobust.errors import ConfigError, UnknownNameError
 from autorobust.experiment import build_splits
 from autorobust.search.reweighter import MetaWeightNetSpace, point_from_params, run_search
 
@@ -118,6 +118,11 @@ def test_search_resumes_after_interruption_and_writes_outputs(tmp_path, splits):
     # Trials never evaluate the test split.
     trial_metrics = json.loads((tmp_path / "trials" / "trial-0000" / "metrics.json").read_text())
     assert "test" not in trial_metrics
+    # Resuming over a changed space is refused with the changed keys (not Optuna's
+    # "dynamic value space" error from inside a trial).
+    wider = _config(tmp_path, 4, "reweight.search.width_range=[4,32]")
+    with pytest.raises(ConfigError, match=r"another space \(changed: width_range\)"):
+        run_search(wider, retrain=False, splits=splits)
 
 
 def test_unknown_candidate_layer_is_named(tmp_path, splits):

@@ -227,6 +227,24 @@ def test_directions_mismatch_is_a_config_error(tmp_path: Path) -> None:
         open_study(other, tmp_path)
 
 
+def test_resume_over_another_space_is_a_config_error(tmp_path: Path) -> None:
+    space = {"width": [8, 64], "inputs": ["loss"]}
+    settings = SearchSettings(study_name="sp", n_trials=1, sampler="random", space=space)
+    run_study(quadratic, settings, tmp_path)
+    assert open_study(settings, tmp_path).user_attrs["search_space"] == space
+    same = SearchSettings(study_name="sp", n_trials=2, sampler="random", space=dict(space))
+    assert len(run_study(quadratic, same, tmp_path).trials) == 2  # an unchanged space resumes
+    other = SearchSettings(
+        study_name="sp", n_trials=2, space={"width": [8, 256], "inputs": ["loss"], "lr": [1, 2]}
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"search space: study 'sp' in sqlite:///.*study.db was created over another space "
+        r"\(changed: lr, width\); restore those settings",
+    ):
+        open_study(other, tmp_path)
+
+
 def test_multi_objective_summary_is_the_pareto_front(tmp_path: Path) -> None:
     def two(trial: optuna.Trial) -> tuple[float, float]:
         x = trial.suggest_float("x", 0.0, 1.0)

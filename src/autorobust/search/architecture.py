@@ -46,7 +46,7 @@ from autorobust.search.common import (
     search_settings,
 )
 from autorobust.search.fitness import Fitness, create_fitness
-from autorobust.search.runner import open_study, run_study
+from autorobust.search.runner import run_study
 
 __all__ = [
     "CellSearchSpace",
@@ -70,6 +70,10 @@ class CellSearchSpace:
     def __init__(self, *, nodes: int, operations: Sequence[str] = OPERATION_NAMES) -> None:
         self.nodes = nodes
         self.operations = tuple(operations)
+
+    def describe(self) -> dict[str, Any]:
+        """The space as JSON-able data (stored with a study; a resumed study must match)."""
+        return {"nodes": self.nodes, "operations": list(self.operations)}
 
     def names(self, cell: str) -> list[str]:
         """Parameter names of one cell (``"normal"`` or ``"reduce"``) in encoding order."""
@@ -131,18 +135,6 @@ def evaluation_config(
         raw["train"]["augment"]["cutout"] = arch.cutout
     raw["run_dir"] = str(run_dir)
     return validate_config(raw, where="best genotype")
-
-
-def _check_study_fitness(settings: Any, run_dir: Path, fitness: str) -> None:
-    """Refuse to mix fitness kinds in one study (their values are not comparable)."""
-    study = open_study(settings, run_dir)
-    for trial in study.get_trials(deepcopy=False):
-        used = trial.user_attrs.get("fitness")
-        if used is not None and used != fitness:
-            raise ConfigError(
-                f"study {study.study_name!r} holds trials scored by the {used!r} fitness, not "
-                f"{fitness!r}; use another --study-name or run directory"
-            )
 
 
 def run_search(
@@ -210,13 +202,17 @@ def run_search(
         trial.set_user_attr("fitness_seconds", result.seconds)
         return result.value
 
+    # The fitness and its proxy size are part of the space: other values are not comparable.
+    proxy = {k: getattr(arch, k) for k in ("search_layers", "search_channels", "fitness_epochs")}
     settings = search_settings(
-        config.search, study_name=default_study_name, directions=("minimize",)
+        config.search,
+        study_name=default_study_name,
+        directions=("minimize",),
+        space={**space.describe(), "fitness": scorer.name, "proxy": proxy},
     )
     # Seeded from the config so a fresh study is reproducible (the runner mixes in the number of
     # stored trials on resume, so a resumed study does not replay its first proposals).
     settings = dataclasses.replace(settings, seed=config.seed)
-    _check_study_fitness(settings, run_dir, scorer.name)
     study = run_study(objective, settings, run_dir)
     trials = _trial_table(study)
     summary = finish_study(

@@ -62,6 +62,11 @@ class BaselineLossSpace:
         lr = trial.suggest_float("lr", *self.lr_range, log=True)
         return {"loss": name, "options": options, "lr": lr}
 
+    def describe(self) -> dict[str, Any]:
+        """The space as JSON-able data (stored with a study; a resumed study must match)."""
+        spaces = {name: LOSSES.get(name).search_space for name in self.losses}
+        return {"losses": list(self.losses), "lr_range": list(self.lr_range), "options": spaces}
+
     @staticmethod
     def apply(config: ExperimentConfig, point: dict[str, Any], **train: Any) -> ExperimentConfig:
         """``config`` with the loss and learning rate of ``point`` (and other train fields)."""
@@ -101,7 +106,11 @@ def run_search(
         result = train_trial(trial, trial_config, splits)
         return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
 
-    settings = search_settings(config.search, study_name=default_study_name)
+    settings = search_settings(
+        config.search,
+        study_name=default_study_name,
+        space={**space.describe(), "trial_epochs": trial_epochs},
+    )
     study = run_study(objective, settings, run_dir)
     best = finish_study(study, run_dir)["best_trial"]
     retrained = None

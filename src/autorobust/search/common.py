@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,14 @@ def finish_study(study: optuna.Study, run_dir: Path, **extra: Any) -> dict[str, 
 
 
 def search_settings(
-    search: SearchConfig, *, study_name: str, directions: tuple[str, ...] = ("maximize",)
+    search: SearchConfig,
+    *,
+    study_name: str,
+    space: Mapping[str, Any],
+    directions: tuple[str, ...] = ("maximize",),
 ) -> SearchSettings:
-    """The runner's settings from a config's ``search`` section (``study_name`` is the default)."""
+    """The runner's settings from a config's ``search`` section (``study_name`` is the default);
+    ``space`` describes the search space, which a resumed study must share."""
     return SearchSettings(
         study_name=search.study_name or study_name,
         storage=search.storage,
@@ -89,6 +95,7 @@ def search_settings(
         heartbeat_interval=search.heartbeat_interval,
         max_retry=search.max_retry,
         show_progress_bar=False,
+        space=space,
     )
 
 

@@ -93,6 +93,19 @@ class BilevelKnobSpace:
                 )
         return point
 
+    def describe(self) -> dict[str, Any]:
+        """The space as JSON-able data: the tuned knobs and their ranges."""
+        b = self.bilevel
+        ranges = {
+            "upper_lr": b.upper_lr_range,
+            "warmup_epochs": b.warmup_range,
+            "fairness_weight": b.fairness_weight_range,
+            "eta_scale": b.eta_scale_range,
+            "upper_every": b.upper_every_range,
+            "augment_strength": b.augment_strength_range,
+        }
+        return {knob: list(ranges[knob]) for knob in b.tune}
+
     def apply(self, point: dict[str, Any]) -> BilevelConfig:
         """``bilevel`` with the point's values (the augmentation strengths excluded)."""
         knobs = {k: v for k, v in point.items() if k not in ("augment_head", "augment_tail")}
@@ -294,7 +307,9 @@ def run_search(
         trial.set_user_attr("learned_loss", learned["options"])
         return float(learned["val_balanced_accuracy"])
 
-    settings = search_settings(config.search, study_name=default_study_name)
+    settings = search_settings(
+        config.search, study_name=default_study_name, space={"tune": space.describe()}
+    )
     study = run_study(objective, settings, run_dir)
     best = finish_study(study, run_dir)["best_trial"]
     learned = json.loads(

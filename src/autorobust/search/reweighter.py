@@ -80,6 +80,10 @@ class MetaWeightNetSpace:
         trial.suggest_float("mwn_lr", *s.lr_range, log=True)
         return point_from_params(trial.params, s)
 
+    def describe(self) -> dict[str, Any]:
+        """The space as JSON-able data (stored with a study; a resumed study must match)."""
+        return {"layers": list(self.layers), **self.settings.model_dump(mode="json")}
+
     @staticmethod
     def apply(config: ExperimentConfig, point: dict[str, Any], **train: Any) -> ExperimentConfig:
         """``config`` trained by reweighting with the V of ``point`` (and other train fields)."""
@@ -157,7 +161,11 @@ def run_search(
                 trial.set_user_attr(key, method[key])
         return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
 
-    settings = search_settings(config.search, study_name=default_study_name)
+    settings = search_settings(
+        config.search,
+        study_name=default_study_name,
+        space={**space.describe(), "trial_epochs": trial_epochs},
+    )
     study = run_study(objective, settings, run_dir)
     _history_plot(study, run_dir)
     best = finish_study(study, run_dir)["best_trial"]

@@ -27,12 +27,13 @@ one-line ones; the tracebacks of failed trials are logged at DEBUG on this modul
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 FAIL_REASON_ATTR = "fail_reason"
+SPACE_ATTR = "search_space"  # study user attribute: the space the study was created over
 """User attribute holding the one-line reason a trial failed."""
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -105,6 +107,10 @@ class SearchSettings:
             many of its own trials fail in a row (a broken objective would otherwise fail
             forever); ``None`` never gives up.
         show_progress_bar: show Optuna's tqdm progress bar.
+        space: a JSON-able description of the search space (and of anything else that makes
+            trial values comparable, such as the fitness); stored with a new study, and a resumed
+            study must match it, else :class:`ConfigError` names the keys that changed. None: not
+            checked.
     """
 
     study_name: str
@@ -124,6 +130,7 @@ class SearchSettings:
     max_retry: int = 3
     max_consecutive_failures: int | None = 10
     show_progress_bar: bool = False
+    space: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.study_name:
@@ -395,7 +402,25 @@ def open_study(settings: SearchSettings, run_dir: Path) -> optuna.Study:
             f"directions: study {settings.study_name!r} in {redact_url(url)} was created with "
             f"{list(stored)}, got {list(settings.directions)}; use another study name"
         )
+    if settings.space is not None:
+        _check_space(study, settings.space, redact_url(url))
     return study
+
+
+def _check_space(study: optuna.Study, space: Mapping[str, Any], where: str) -> None:
+    """Store ``space`` with a study that has none; refuse to resume one searched over another."""
+    current = json.loads(json.dumps(space, sort_keys=True))  # tuples -> lists, as stored
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None:
+        study.set_user_attr(SPACE_ATTR, current)
+        return
+    if stored != current:
+        changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        raise ConfigError(
+            f"search space: study {study.study_name!r} in {where} was created over another space "
+            f"(changed: {', '.join(changed)}); restore those settings, or start a new study with "
+            "another study name or run directory"
+        )
 
 
 class _GuardedObjective:
