@@ -6,10 +6,15 @@ import optuna
 import pytest
 
 from autorobust.config import load_config
-from autorobust.config.reweight import ReweightSearchConfig
+from autorobust.config.reweight import ReweightConfig, ReweightSearchConfig
 from autorobust.errors import ConfigError, UnknownNameError
 from autorobust.experiment import build_splits
-from autorobust.search.reweighter import MetaWeightNetSpace, point_from_params, run_search
+from autorobust.search.reweighter import (
+    MetaWeightNetSpace,
+    params_from_reweight,
+    point_from_params,
+    run_search,
+)
 
 
 def _config(tmp_path, n_trials: int, *overrides: str):
@@ -28,6 +33,8 @@ def _config(tmp_path, n_trials: int, *overrides: str):
             "reweight.meta_scope=head",
             "reweight.search.max_hidden_layers=2",
             "reweight.search.width_range=[4,16]",
+            "reweight.hidden=[8]",
+            "reweight.input=loss",
             *overrides,
         ],
     )
@@ -66,6 +73,36 @@ def test_space_covers_depth_widths_inputs_and_round_trips():
     assert len(seen_inputs) == 5
 
 
+def test_configured_v_maps_to_params_inside_the_space_only():
+    settings = ReweightSearchConfig()
+    original = ReweightConfig(hidden=[100], input="loss", class_embedding=0, lr=0.001)
+    params = params_from_reweight(original, settings, ["block1"])
+    assert params == {
+        "hidden_layers": 1,
+        "width_0": 100,
+        "input": "loss",
+        "class_aware": False,
+        "mwn_lr": 0.001,
+    }
+    point = point_from_params(params, settings)
+    assert point == {
+        "hidden": [100],
+        "input": "loss",
+        "feature_layer": None,
+        "class_embedding": 0,
+        "lr": 0.001,
+    }
+    features = original.model_copy(update={"input": "features", "feature_layer": "block1"})
+    assert params_from_reweight(features, settings, ["block1"])["input"] == "features@block1"
+    for outside in (
+        original.model_copy(update={"hidden": [300]}),  # wider than width_range
+        original.model_copy(update={"hidden": [8] * 5}),  # deeper than max_hidden_layers
+        original.model_copy(update={"lr": 0.5}),
+        features.model_copy(update={"feature_layer": "block9"}),
+    ):
+        assert params_from_reweight(outside, settings, ["block1"]) is None
+
+
 class _CtrlCSpace(MetaWeightNetSpace):
     """Raises KeyboardInterrupt inside trial ``at``, as Ctrl-C during a search would."""
 
@@ -88,6 +125,9 @@ def test_search_resumes_after_interruption_and_writes_outputs(tmp_path, splits):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.load_study(study_name="reweighter", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    # the configured V (here 1 hidden layer of 8 on the loss) is the first trial
+    assert study.trials[0].params["hidden_layers"] == 1 and study.trials[0].params["width_0"] == 8
+    assert study.trials[0].params["input"] == "loss"
 
     first = run_search(_config(tmp_path, 2), retrain=False, splits=splits)
     assert first.retrained is None

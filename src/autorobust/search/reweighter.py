@@ -22,7 +22,7 @@ from typing import Any
 
 from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
-from autorobust.config.reweight import ReweightSearchConfig
+from autorobust.config.reweight import ReweightConfig, ReweightSearchConfig
 from autorobust.data.splits import Splits
 from autorobust.errors import UnknownNameError
 from autorobust.experiment import build_model, build_splits, train_run
@@ -33,9 +33,15 @@ from autorobust.search.common import (
     train_trial,
     trial_dir,
 )
-from autorobust.search.runner import run_study
+from autorobust.search.runner import open_study, run_study
 
-__all__ = ["BEST_SPEC_NAME", "MetaWeightNetSpace", "point_from_params", "run_search"]
+__all__ = [
+    "BEST_SPEC_NAME",
+    "MetaWeightNetSpace",
+    "params_from_reweight",
+    "point_from_params",
+    "run_search",
+]
 
 BEST_SPEC_NAME = "best_mwnet.json"
 _SEP = "@"  # "features@block3": a categorical choice naming the input kind and the layer
@@ -108,6 +114,33 @@ def point_from_params(params: dict[str, Any], settings: ReweightSearchConfig) ->
     }
 
 
+def params_from_reweight(
+    reweight: ReweightConfig, settings: ReweightSearchConfig, layers: Sequence[str]
+) -> dict[str, Any] | None:
+    """The inverse of :func:`point_from_params`: Optuna's params of the V that ``reweight``
+    configures, or None when that V lies outside the space (depth, widths, input, layer, lr)."""
+    depth = len(reweight.hidden)
+    low, high = settings.width_range
+    kind = reweight.input
+    choice = kind if kind == "loss" else f"{kind}{_SEP}{reweight.feature_layer}"
+    class_aware = reweight.class_embedding > 0
+    inside = (
+        settings.min_hidden_layers <= depth <= settings.max_hidden_layers
+        and all(low <= width <= high for width in reweight.hidden)
+        and kind in settings.inputs
+        and (kind == "loss" or reweight.feature_layer in layers)
+        and class_aware in settings.class_aware
+        and settings.lr_range[0] <= reweight.lr <= settings.lr_range[1]
+    )
+    if not inside:
+        return None
+    params: dict[str, Any] = {"hidden_layers": depth, "input": choice, "mwn_lr": reweight.lr}
+    params.update({f"width_{i}": width for i, width in enumerate(reweight.hidden)})
+    if len(set(settings.class_aware)) > 1:
+        params["class_aware"] = class_aware
+    return params
+
+
 def _candidate_layers(config: ExperimentConfig, splits: Splits) -> list[str]:
     available = list(build_model(config, splits).intermediate_layers)
     wanted = config.reweight.search.layers
@@ -166,6 +199,11 @@ def run_search(
         study_name=default_study_name,
         space={**space.describe(), "trial_epochs": trial_epochs},
     )
+    # The configured V (by default the original 1-100-1 on the loss) is the first trial, so the
+    # search is never judged worse on validation than the design it starts from.
+    configured = params_from_reweight(config.reweight, space.settings, space.layers)
+    if configured is not None:
+        open_study(settings, run_dir).enqueue_trial(configured, skip_if_exists=True)
     study = run_study(objective, settings, run_dir)
     _history_plot(study, run_dir)
     best = finish_study(study, run_dir)["best_trial"]
