@@ -20,6 +20,7 @@ Also reported: the ROC-AUC with which the last epoch's weights separate clean (p
 samples, and seconds per epoch divided by the CE run of the same cell and seed.
 
     python benchmarks/reweighting.py                                   # the full protocol
+    python benchmarks/reweighting.py --preset cpu-40min                # shortened, 2 CPU cores
     python benchmarks/reweighting.py --device cuda --workers 8         # on a GPU
     python benchmarks/reweighting.py --rho 100 --noise 0.4 --seeds 0 --epochs 1 --trials 2 \
         --trial-epochs 1 --methods ce mwnet searched                  # a smoke test
@@ -38,11 +39,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_jobs, write_results
+from _common import earlier_rows, run_jobs, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- reweight-benchmark:start -->", "<!-- reweight-benchmark:end -->")
 CONFIG = "fashion-mnist-lt100-sym40-reweight"
+# Shortened protocols. cpu-40min: the full grid (2 rho x 2 noise x 3 seeds x 7 methods) in about
+# 40 minutes on 2 cores: at most 1500 images per class before the long tail (3.7k training images
+# at rho = 100, 6.1k at rho = 10, instead of 14.6k / 24k), 10 epochs instead of 15, 8 search trials
+# of 3 epochs, two single-threaded worker processes.
+PRESETS = {
+    "cpu-40min": {
+        "n_max": 1500,
+        "epochs": 10,
+        "trials": 8,
+        "trial_epochs": 3,
+        "workers": 2,
+        "threads": 1,
+    },
+}
 METHODS = (
     "ce",
     "logit_adjustment",
@@ -66,6 +81,8 @@ def _cell_overrides(job: dict, run_dir: str) -> list[str]:
         f"shift.noise_rate={job['noise']}",
         "reweight.plots=false",
     ]
+    if job["n_max"] is not None:
+        overrides.append(f"shift.n_max={job['n_max']}")
     if job["data_root"]:
         overrides.append(f"data.options.root={job['data_root']}")
     return overrides
@@ -241,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rho", nargs="+", type=float, default=[10.0, 100.0])
     parser.add_argument("--noise", nargs="+", type=float, default=[0.2, 0.4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument(
+        "--n-max", type=int, default=None, help="images of the largest class (shift.n_max)"
+    )
     parser.add_argument("--trials", type=int, default=16, help="TPE trials per (rho, noise) cell")
     parser.add_argument("--trial-epochs", type=int, default=5)
     parser.add_argument(
@@ -264,10 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--rows-from",
+        type=Path,
+        help="results JSON (or a JSON list of rows) of an earlier run: keep its rows for the "
+        "(method, rho, noise, seed) cells this run does not compute",
+    )
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
 
     common = {
         "epochs": args.epochs,
+        "n_max": args.n_max,
         "device": args.device,
         "threads": args.threads,
         "data_root": args.data_root,
@@ -304,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds
         for method in args.methods
     ]
-    rows = _map(run_one, jobs, args.workers)
+    rows = earlier_rows(
+        args.rows_from, jobs, lambda r: (r["method"], r["rho"], r["noise"], r["seed"])
+    )
+    rows += _map(run_one, jobs, args.workers)
     elapsed = time.perf_counter() - started
     table = summarise(rows, args.methods)
     device = rows[0]["device"] if rows else args.device
@@ -314,14 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     note = (
         "Fashion-MNIST, long tail then symmetric noise, `small_cnn`, "
-        f"{args.epochs} epochs for every method, seeds {args.seeds}; search: {args.trials} "
+        + (f"at most {args.n_max} images per class, " if args.n_max else "")
+        + f"{args.epochs} epochs for every method, seeds {args.seeds}; search: {args.trials} "
         f"TPE trials of {args.trial_epochs} epochs per cell ({args.search_scope} meta-gradient), "
         f"scored on the meta split; searched/largest V train on `{args.search_loss}`; "
         "searched_cheap = last-layer "
         f"meta-gradient, V updated every {args.meta_interval} steps. Device {device} "
         f"({args.workers} parallel runs), {elapsed / 60:.0f} min, measured "
         f"{time.strftime('%Y-%m-%d')}. Searched V: {searched or '–'}. "
-        "Reproduce: `python benchmarks/reweighting.py`."
+        f"Reproduce: `python benchmarks/reweighting.py{' --preset ' + preset if preset else ''}`."
     )
     write_results(
         args.out,
