@@ -14,10 +14,11 @@ Each strategy's best genotype is then trained from scratch with labels at ``--ev
 ``--eval-channels`` for ``--final-epochs`` (the DARTS recipe: auxiliary head, drop-path, clipping,
 cutout) and measured on the balanced test split; hand-written ResNet-20 and ResNet-32 get the same
 final budget. On the first dataset, ``--rank-archs`` random genotypes are each scored by the
-contrastive fitness (at the search proxy, every epoch of it, and at a smaller proxy) and trained at
-the final budget: the Kendall tau-b between -fitness and balanced test accuracy measures the
-paper's premise and what the proxy costs. ``--random-trials`` (default 50) unpruned random trials
-measure the compute TPE with pruning needs to reach their best fitness (in fitness-epochs).
+contrastive fitness (at the search proxy, every epoch of it, at a smaller proxy and optionally a
+larger one) and trained at the final budget: the Kendall tau-b between -fitness and balanced
+test accuracy measures the paper's premise and what the proxy costs. ``--random-trials``
+(default 50) unpruned random trials measure the compute TPE with pruning needs to reach their
+best fitness (in fitness-epochs).
 
     python benchmarks/architecture_search.py --preset tiny                 # ~1-2 min on 2 CPU cores
     python benchmarks/architecture_search.py --preset cpu-25min             # ~25 min on 2 CPU cores
@@ -70,6 +71,8 @@ DEFAULTS: dict[str, Any] = {
     "search_channels": 8,
     "fitness_epochs": 3,
     "small_fitness_epochs": None,  # None: half of --fitness-epochs (at least 1)
+    "large_unlabeled_images": None,  # with large_fitness_epochs: a third, larger rank proxy
+    "large_fitness_epochs": None,
     "fitness_lr": None,  # None: the config's (the paper's 0.001)
     "fitness_batch": None,  # None: the config's (the paper's 150)
     "trials": 30,
@@ -116,11 +119,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # and backward, ResNet-32 ~3 ms), so everything is small: candidates of 4 cells x 8 channels
     # scored on 384 unlabeled images for 2 epochs; 16 trials per study; final networks of
     # 5 cells x 8 channels trained for 4 epochs on 3000 pool images and measured on 2000 balanced
-    # test images. Both datasets, 12 random architectures for the rank correlation, 50 unpruned
-    # random trials for the compute comparison.
+    # test images. Both datasets, 12 random architectures for the rank correlation (their fitness
+    # also at 96 images x 1 epoch and at 1152 images x 4 epochs), 50 unpruned random trials for the
+    # compute comparison.
     "cpu-25min": {
         "unlabeled_images": 384,
         "small_unlabeled_images": 96,
+        "large_unlabeled_images": 1152,
+        "large_fitness_epochs": 4,
         "search_layers": 4,
         "search_channels": 8,
         "fitness_epochs": 2,
@@ -568,7 +574,7 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
         "Kendall tau-b |",
         "|---|---|---|---|---|---|",
     ]
-    for proxy in ("search", "small"):
+    for proxy in ("small", "search", "large"):
         mine = [r for r in fitness if r["proxy"] == proxy and r["arch"] in accuracy]
         if not mine:
             continue
@@ -777,7 +783,14 @@ def _jobs(settings: dict) -> tuple[list[dict], list[dict]]:
         "fitness_epochs": settings["small_fitness_epochs"],
         "unlabeled_images": settings["small_unlabeled_images"],
     }
-    for proxy, sizes in (("search", fit), ("small", small)):
+    proxies = [("search", fit), ("small", small)]
+    if settings.get("large_unlabeled_images") and settings.get("large_fitness_epochs"):
+        large = {
+            "fitness_epochs": settings["large_fitness_epochs"],
+            "unlabeled_images": settings["large_unlabeled_images"],
+        }
+        proxies.append(("large", large))
+    for proxy, sizes in proxies:
         for arch, genotype in enumerate(genotypes):
             others.append(
                 {
@@ -815,18 +828,39 @@ def _label(job: dict) -> str:
     return "/".join(str(p) for p in parts if p)
 
 
+def _best_final(search: dict, genotype: dict) -> dict:
+    """The final-training unit of a search's best genotype."""
+    return {
+        **{k: v for k, v in search.items() if k != "trials"},
+        "unit": "final",
+        "role": "best",
+        "genotype": genotype,
+    }
+
+
 class _Deadline(Exception):
     pass
 
 
-def run(settings: dict, jsonl: Path) -> list[dict]:
-    """Run every unit on a spawn pool, best-cell finals first once available; append rows."""
+def run(settings: dict, jsonl: Path, done: list[dict] = ()) -> list[dict]:
+    """Run every unit on a spawn pool, best-cell finals first once available; append rows.
+
+    Units whose label is among the error-free rows ``done`` (of an earlier run) are skipped; a
+    finished search whose best-cell final is missing gets that final queued at once.
+    """
     searches, others = _jobs(settings)
     # Cheap and gating units first; the long unpruned random study goes before the rank finals
     # only (a deadline then costs the compute comparison before the rank correlation).
     order = {"resnet": 0, "fitness": 1, "random-unpruned": 2, "rank": 3}
     others.sort(key=lambda j: order[j.get("role") or j.get("strategy") or j["unit"]])
-    queue = searches + others
+    finished = {_label(row) for row in done if "error" not in row}
+    queue = [job for job in searches + others if _label(job) not in finished]
+    for row in done:
+        search = next((job for job in searches if _label(job) == _label(row)), None)
+        if search is not None and "error" not in row:
+            final = _best_final(search, row["genotype"])
+            if _label(final) not in finished:
+                queue.insert(0, final)
     rows: list[dict] = []
     started = time.perf_counter()
     deadline = settings["deadline_s"]
@@ -862,13 +896,7 @@ def run(settings: dict, jsonl: Path) -> list[dict]:
                         flush=True,
                     )
                     if row["unit"] == "search" and "error" not in row and job in searches:
-                        final = {
-                            **{k: v for k, v in job.items() if k not in ("trials",)},
-                            "unit": "final",
-                            "role": "best",
-                            "genotype": row["genotype"],
-                        }
-                        queue.insert(0, final)
+                        queue.insert(0, _best_final(job, row["genotype"]))
     except (_Deadline, KeyboardInterrupt) as exc:
         print(
             f"stopping ({exc}): {len(running)} running and {len(queue)} queued units dropped",
@@ -893,6 +921,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-channels", type=int, default=None)
     parser.add_argument("--fitness-epochs", type=int, default=None)
     parser.add_argument("--small-fitness-epochs", type=int, default=None)
+    parser.add_argument("--large-unlabeled-images", type=int, default=None)
+    parser.add_argument("--large-fitness-epochs", type=int, default=None)
     parser.add_argument("--fitness-lr", type=float, default=None)
     parser.add_argument("--fitness-batch", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None)
@@ -917,6 +947,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--summarise-only", action="store_true", help="from the JSON lines")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished units of the JSON lines (same settings) and run only the rest",
+    )
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)
 
@@ -943,11 +978,20 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in records if r.get("unit") != "settings"]
         elapsed = header[-1].get("elapsed_s") if header else None
     else:
+        done: list[dict] = []
+        if args.resume and jsonl.is_file():
+            lines = jsonl.read_text(encoding="utf-8").splitlines()
+            done = [json.loads(line) for line in lines if line.strip()]
+            done = [r for r in done if r.get("unit") != "settings" and "error" not in r]
         with jsonl.open("w", encoding="utf-8") as sink:
             sink.write(json.dumps({"unit": "settings", "settings": settings}) + "\n")
+            for row in done:
+                sink.write(json.dumps(row) + "\n")
         print(json.dumps(settings), flush=True)
-        rows = run(settings, jsonl)
-        elapsed = time.perf_counter() - started
+        rows = done + run(settings, jsonl, done)
+        # a resumed run adds the earlier run's wall time (its last row's elapsed_s)
+        earlier = max((r.get("elapsed_s", 0.0) for r in done), default=0.0)
+        elapsed = earlier + time.perf_counter() - started
     summary, table = summarise(rows, settings)
     device = next((r["device"] for r in rows if r.get("device")), settings["device"])
     preset = f" --preset {args.preset}" if args.preset else ""
