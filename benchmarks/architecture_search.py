@@ -59,7 +59,7 @@ STRATEGIES = {
     "random-contrastive": ("random", "contrastive"),
     "tpe-supervised": ("tpe", "supervised"),
 }
-RESNETS = ("resnet20", "resnet32")
+RESNETS = ("resnet20", "resnet32")  # NAME or NAME@wW (a narrower one: first-stage width W)
 
 # Flag defaults: a CPU-sized protocol (an estimate, not measured end to end: ~3 h on 2 cores).
 DEFAULTS: dict[str, Any] = {
@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "deadline_s": None,
     "workers": 1,
     "threads": 2,
+    "resnets": list(RESNETS),
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # A check of the whole pipeline on 2 CPU cores in about a minute; the numbers mean nothing.
@@ -127,6 +128,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "small_unlabeled_images": 96,
         "large_unlabeled_images": 1152,
         "large_fitness_epochs": 4,
+        # + ResNet-32 at width 6: 0.066 M parameters, the size of these cells (0.05-0.06 M)
+        "resnets": ["resnet20", "resnet32", "resnet32@w6"],
         "search_layers": 4,
         "search_channels": 8,
         "fitness_epochs": 2,
@@ -357,7 +360,7 @@ def final_unit(job: dict) -> dict:
             config = evaluation_config(config, Genotype.from_dict(job["genotype"]), run_dir)
         else:
             raw = config.to_dict()
-            raw["model"] = {"name": job["model"], "options": {}}
+            raw["model"] = _resnet_model(job["model"])
             if config.architecture.cutout is not None:  # the same augmentation as the cells
                 raw["train"]["augment"]["cutout"] = config.architecture.cutout
             config = validate_config(raw)
@@ -368,7 +371,10 @@ def final_unit(job: dict) -> dict:
         params, madds = metrics["method"]["params"], metrics["method"]["multiply_adds"]
     else:
         shape = tuple(splits.train.images.shape[i] for i in (3, 1, 2))
-        model = create_model(job["model"], num_classes=splits.num_classes, in_channels=shape[0])
+        spec = _resnet_model(job["model"])
+        model = create_model(
+            spec["name"], num_classes=splits.num_classes, in_channels=shape[0], **spec["options"]
+        )
         cost = model_cost(model, shape)
         params, madds = cost.params, cost.multiply_adds
     test = metrics["test"]
@@ -385,6 +391,12 @@ def final_unit(job: dict) -> dict:
         "wall_s": seconds,
         "device": metrics["run"]["device"],
     }
+
+
+def _resnet_model(model: str) -> dict[str, Any]:
+    """``"resnet32@w6"`` -> ``{"name": "resnet32", "options": {"width": 6}}``."""
+    name, _, width = model.partition("@w")
+    return {"name": name, "options": {"width": int(width)} if width else {}}
 
 
 def fitness_unit(job: dict) -> dict:
@@ -537,7 +549,7 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
                 f"{_fmt(np.mean(entry['multiply_adds']) / 1e6 if done else None, '.1f')} M | "
                 f"{_mean_std(entry['test_error'])} | {_mean_std(entry['balanced_accuracy'])} |"
             )
-        for model in RESNETS:
+        for model in settings.get("resnets", RESNETS):
             done = [
                 r
                 for r in finals
@@ -665,7 +677,9 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
         resnets = [
             e
             for e in summary["strategies"]
-            if e["dataset"] == dataset and e["strategy"] in RESNETS and e["test_error"]
+            if e["dataset"] == dataset
+            and e["strategy"] in settings.get("resnets", RESNETS)
+            and e["test_error"]
         ]
         if best and resnets:
             cell_params = float(np.mean(best[0]["params"]))
@@ -765,7 +779,7 @@ def _jobs(settings: dict) -> tuple[list[dict], list[dict]]:
         )
     for seed in settings["seeds"]:
         for dataset in settings["datasets"]:
-            for model in RESNETS:
+            for model in settings.get("resnets", RESNETS):
                 others.append(
                     {
                         **common,
@@ -854,6 +868,8 @@ def run(settings: dict, jsonl: Path, done: list[dict] = ()) -> list[dict]:
     order = {"resnet": 0, "fitness": 1, "random-unpruned": 2, "rank": 3}
     others.sort(key=lambda j: order[j.get("role") or j.get("strategy") or j["unit"]])
     finished = {_label(row) for row in done if "error" not in row}
+    # rows of a resumed run count the earlier runs' wall time too (theirs ends at `offset`)
+    offset = max((row.get("elapsed_s", 0.0) for row in done), default=0.0)
     queue = [job for job in searches + others if _label(job) not in finished]
     for row in done:
         search = next((job for job in searches if _label(job) == _label(row)), None)
@@ -885,7 +901,7 @@ def run(settings: dict, jsonl: Path, done: list[dict] = ()) -> list[dict]:
                 for future in done:
                     job = running.pop(future)
                     row = future.result()
-                    row["elapsed_s"] = time.perf_counter() - started
+                    row["elapsed_s"] = offset + time.perf_counter() - started
                     rows.append(row)
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
@@ -938,6 +954,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=None, help="cap on the final pool")
     parser.add_argument("--test-images", type=int, default=None, help="balanced test subset")
     parser.add_argument("--rank-archs", type=int, default=None)
+    parser.add_argument(
+        "--resnets", nargs="+", default=None, help="hand-written baselines: NAME or NAME@wWIDTH"
+    )
     parser.add_argument("--deadline-s", type=float, default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (1)")

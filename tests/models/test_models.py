@@ -164,8 +164,13 @@ def test_invalid_settings_raise_config_error(kwargs: dict, match: str) -> None:
 
 
 def test_resnet_options_and_sizes() -> None:
-    with pytest.raises(ConfigError, match=r"model 'resnet32': unknown option 'width'"):
-        create_model("resnet32", num_classes=10, in_channels=1, width=8)
+    with pytest.raises(ConfigError, match=r"model 'resnet32': unknown option 'depth'"):
+        create_model("resnet32", num_classes=10, in_channels=1, depth=8)
+    with pytest.raises(ConfigError, match=r"model 'resnet': width must be an integer >= 1, got 0"):
+        create_model("resnet20", num_classes=10, in_channels=1, width=0)
+    narrow = create_model("resnet32", num_classes=10, in_channels=1, width=4)
+    assert narrow.feature_dim == 16 and narrow.intermediate_dims["layer2"] == 8
+    assert narrow(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     counts = {
         name: sum(p.numel() for p in _make(name, in_channels=3, num_classes=10).parameters())
         for name in ("resnet20", "resnet32")

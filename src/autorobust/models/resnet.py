@@ -16,7 +16,6 @@ from autorobust.models.registry import register_model
 
 __all__ = ["CifarResNet", "resnet20", "resnet32"]
 
-_STAGE_WIDTHS = (16, 32, 64)
 
 
 class _ShortcutA(nn.Module):
@@ -59,20 +58,24 @@ class BasicBlock(nn.Module):
 class CifarResNet(Classifier):
     """ResNet with ``blocks_per_stage`` BasicBlocks in each of three stages (depth 6n + 2).
 
-    Intermediate layers (outputs pooled to (B, dim)): ``stem`` (16), ``layer1`` (16),
-    ``layer2`` (32), ``layer3`` (64; its pooled output is the feature vector).
+    Intermediate layers (outputs pooled to (B, dim)): ``stem`` (w), ``layer1`` (w),
+    ``layer2`` (2w), ``layer3`` (4w; its pooled output is the feature vector); w = ``width``.
 
     Args:
         num_classes: K >= 2.
         in_channels: C >= 1.
         blocks_per_stage: n (5 for ResNet-32, 3 for ResNet-20).
+        width: w, channels of the first stage (16 in He et al.; parameters grow as w²).
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int, blocks_per_stage: int) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int, blocks_per_stage: int, width: int = 16
+    ) -> None:
         blocks_per_stage = _check_positive_int(
             blocks_per_stage, "blocks_per_stage", 1, "model 'resnet'"
         )
-        w1, w2, w3 = _STAGE_WIDTHS
+        width = _check_positive_int(width, "width", 1, "model 'resnet'")
+        w1, w2, w3 = width, 2 * width, 4 * width
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,
@@ -100,22 +103,28 @@ class CifarResNet(Classifier):
         return nn.Sequential(*blocks)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Images float (B, C, H, W) -> features float (B, 64)."""
+        """Images float (B, C, H, W) -> features float (B, 4w)."""
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return x.mean(dim=(2, 3))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Features float (B, 64) -> logits float (B, num_classes)."""
+        """Features float (B, 4w) -> logits float (B, num_classes)."""
         return self.head(features)
 
 
 @register_model("resnet32")
-def resnet32(*, num_classes: int, in_channels: int) -> CifarResNet:
-    """ResNet-32 (5 blocks per stage, 0.46 M parameters for K = 10), as in MW-Net and LDAM."""
-    return CifarResNet(num_classes=num_classes, in_channels=in_channels, blocks_per_stage=5)
+def resnet32(*, num_classes: int, in_channels: int, width: int = 16) -> CifarResNet:
+    """ResNet-32 (5 blocks per stage, 0.46 M parameters for K = 10 at width 16), as in MW-Net and
+    LDAM; ``width`` scales every stage (parameters ∝ width²)."""
+    return CifarResNet(
+        num_classes=num_classes, in_channels=in_channels, blocks_per_stage=5, width=width
+    )
 
 
 @register_model("resnet20")
-def resnet20(*, num_classes: int, in_channels: int) -> CifarResNet:
-    """ResNet-20 (3 blocks per stage, 0.27 M parameters for K = 10)."""
-    return CifarResNet(num_classes=num_classes, in_channels=in_channels, blocks_per_stage=3)
+def resnet20(*, num_classes: int, in_channels: int, width: int = 16) -> CifarResNet:
+    """ResNet-20 (3 blocks per stage, 0.27 M parameters for K = 10 at width 16); ``width`` scales
+    every stage (parameters ∝ width²)."""
+    return CifarResNet(
+        num_classes=num_classes, in_channels=in_channels, blocks_per_stage=3, width=width
+    )
