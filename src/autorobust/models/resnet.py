@@ -17,7 +17,6 @@ from autorobust.models.registry import register_model
 __all__ = ["CifarResNet", "resnet20", "resnet32"]
 
 
-
 class _ShortcutA(nn.Module):
     """Option-A shortcut: subsample by ``stride`` and zero-pad ``pad`` channels on each side."""
 

@@ -155,8 +155,11 @@ def split_for_bilevel(
     return pool.subset(train_index), pool.subset(val_index)
 
 
-def bilevel_loss(config: ExperimentConfig, class_counts: np.ndarray) -> ParametricLoss:
-    """The parametric loss at the configured initial point (CE or logit adjustment)."""
+def bilevel_loss(
+    config: ExperimentConfig, class_counts: np.ndarray, *, num_attributes: int = 1
+) -> ParametricLoss:
+    """The parametric loss at the configured initial point (CE or logit adjustment), with
+    parameters per (attribute, class) when ``num_attributes > 1`` (group-sensitive mode)."""
     b = config.bilevel
     return ParametricLoss(
         class_counts=class_counts,
@@ -166,16 +169,8 @@ def bilevel_loss(config: ExperimentConfig, class_counts: np.ndarray) -> Parametr
         scale_parameterisation=b.scale_parameterisation,
         group_size=b.group_size,
         class_groups=b.class_groups,
-        num_attributes=_num_attributes(config, None),
+        num_attributes=num_attributes,
     )
-
-
-def _num_attributes(config: ExperimentConfig, groups: np.ndarray | None) -> int:
-    if not config.bilevel.group_sensitive:
-        return 1
-    if groups is None:
-        return 2  # placeholder until the data say; replaced in run_bilevel
-    return int(groups.max()) + 1
 
 
 def run_bilevel(
@@ -210,18 +205,12 @@ def run_bilevel(
         )
     if bilevel.group_sensitive and train_part.groups is None:
         raise ConfigError("bilevel.group_sensitive: the data source provides no group attributes")
-    loss = bilevel_loss(config, counts)
-    if bilevel.group_sensitive:
-        loss = ParametricLoss(
-            class_counts=counts,
-            init=bilevel.init,
-            tau=bilevel.init_tau,
-            cdt_gamma=bilevel.init_cdt_gamma,
-            scale_parameterisation=bilevel.scale_parameterisation,
-            group_size=bilevel.group_size,
-            class_groups=bilevel.class_groups,
-            num_attributes=int(max(train_part.groups.max(), val_part.groups.max())) + 1,
-        )
+    num_attributes = (
+        int(max(train_part.groups.max(), val_part.groups.max())) + 1
+        if bilevel.group_sensitive
+        else 1
+    )
+    loss = bilevel_loss(config, counts, num_attributes=num_attributes)
     epochs = bilevel.search_epochs or config.train.epochs
     settings = config.train.model_copy(
         update={"epochs": epochs, "warmup_epochs": min(config.train.warmup_epochs, epochs - 1)}
