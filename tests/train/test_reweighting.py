@@ -256,15 +256,6 @@ def test_digits_40pct_noise_weights_decrease_with_loss_and_noisy_get_less(
     assert saved["weights"].shape == saved["noise_mask"].shape == (len(digits_noisy_splits.train),)
 
 
-class _StopAfter:
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def __call__(self, record) -> None:
-        if record.epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -278,7 +269,7 @@ class _StopAfter:
     ],
 )
 def test_resume_is_exact_including_weight_net_and_its_optimiser(
-    tmp_path, digits_noisy_splits, options
+    tmp_path, digits_noisy_splits, options, stop_after
 ):
     common = ["train.epochs=3", "reweight.plots=false", *options]
     full = train_run(
@@ -287,7 +278,7 @@ def test_resume_is_exact_including_weight_net_and_its_optimiser(
     config = _digits_config(tmp_path / "resumed", *common)
     with pytest.raises(KeyboardInterrupt):
         train_run(
-            config, callbacks=[_StopAfter(1)], splits=digits_noisy_splits, evaluate_test=False
+            config, callbacks=[stop_after(1)], splits=digits_noisy_splits, evaluate_test=False
         )
     resumed = train_run(config, resume=True, splits=digits_noisy_splits, evaluate_test=False)
     a = load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)

@@ -46,26 +46,15 @@ def _trainer(config, splits, run_dir, callbacks=()):
     )
 
 
-class _StopAfter:
-    """Raises KeyboardInterrupt after ``epochs`` epochs, as Ctrl-C would."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def __call__(self, record) -> None:
-        if record.epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
-
-
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resumed_run_ends_with_exactly_the_same_weights(config, splits, tmp_path: Path):
+def test_resumed_run_ends_with_exactly_the_same_weights(config, splits, tmp_path: Path, stop_after):
     full = _trainer(config, splits, tmp_path / "full")
     full_result = full.fit(splits.train, splits.meta)
 
-    interrupted = _trainer(config, splits, tmp_path / "resumed", callbacks=[_StopAfter(1)])
+    interrupted = _trainer(config, splits, tmp_path / "resumed", callbacks=[stop_after(1)])
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(splits.train, splits.meta)
     checkpoint = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)
