@@ -29,6 +29,25 @@ def run_jobs(
         yield from pool.map(function, jobs)
 
 
+def run_overrides(job: dict, run_dir: str) -> list[str]:
+    """Config overrides every benchmark run shares: ``job``'s seed, device, epochs, data root
+    (if set) and symmetric noise rate (0: no noise), a quiet trainer, and ``run_dir``."""
+    overrides = [
+        f"seed={job['seed']}",
+        f"run_dir={run_dir}",
+        f"device={job['device']}",
+        f"train.epochs={job['epochs']}",
+        "train.progress=false",
+    ]
+    if job["data_root"]:
+        overrides.append(f"data.options.root={job['data_root']}")
+    if job["noise"] == 0:
+        overrides += ["shift.noise=none", "shift.noise_rate=0"]
+    else:
+        overrides += ["shift.noise=symmetric", f"shift.noise_rate={job['noise']}"]
+    return overrides
+
+
 def earlier_rows(path: Path | None, jobs: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
     """Rows of an earlier results JSON (``{"rows": [...]}`` or a bare list) at ``path`` whose
     ``key`` no job of this run recomputes; ``[]`` without a path. Lets a run complete or re-measure

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import earlier_rows, run_jobs, write_results
+from _common import earlier_rows, run_jobs, run_overrides, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- autobalance-benchmark:start -->", "<!-- autobalance-benchmark:end -->")
@@ -58,19 +58,9 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     with tempfile.TemporaryDirectory() as run_dir:
         overrides = [
-            f"seed={job['seed']}",
-            f"run_dir={run_dir}",
-            f"device={job['device']}",
-            f"train.epochs={job['epochs']}",
-            "train.progress=false",
+            *run_overrides(job, run_dir),
             f"bilevel.warmup_epochs={min(job['warmup'], job['epochs'] - 1)}",
         ]
-        if job["data_root"]:
-            overrides.append(f"data.options.root={job['data_root']}")
-        if job["noise"] == 0:
-            overrides += ["shift.noise=none", "shift.noise_rate=0"]
-        else:
-            overrides += ["shift.noise=symmetric", f"shift.noise_rate={job['noise']}"]
         config = load_config(_config_name(job["noise"]), overrides)
         started = time.perf_counter()
         extra = {}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_jobs, write_results
+from _common import run_jobs, run_overrides, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- baseline-benchmark:start -->", "<!-- baseline-benchmark:end -->")
@@ -47,20 +47,7 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     with tempfile.TemporaryDirectory() as run_dir:
-        overrides = [
-            f"seed={job['seed']}",
-            f"run_dir={run_dir}",
-            f"device={job['device']}",
-            f"loss.name={job['loss']}",
-            f"train.epochs={job['epochs']}",
-            "train.progress=false",
-        ]
-        if job["data_root"]:
-            overrides.append(f"data.options.root={job['data_root']}")
-        if job["noise"] == 0:
-            overrides += ["shift.noise=none", "shift.noise_rate=0"]
-        else:
-            overrides += ["shift.noise=symmetric", f"shift.noise_rate={job['noise']}"]
+        overrides = [*run_overrides(job, run_dir), f"loss.name={job['loss']}"]
         config = load_config("fashion-mnist-lt100-sym40", overrides)
         metrics = train_run(config).metrics
     test = metrics["test"]

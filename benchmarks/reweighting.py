@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import earlier_rows, run_jobs, write_results
+from _common import earlier_rows, run_jobs, run_overrides, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- reweight-benchmark:start -->", "<!-- reweight-benchmark:end -->")
@@ -70,21 +70,9 @@ METHODS = (
 
 
 def _cell_overrides(job: dict, run_dir: str) -> list[str]:
-    overrides = [
-        f"seed={job['seed']}",
-        f"run_dir={run_dir}",
-        f"device={job['device']}",
-        f"train.epochs={job['epochs']}",
-        "train.progress=false",
-        f"shift.rho={job['rho']}",
-        "shift.noise=symmetric",
-        f"shift.noise_rate={job['noise']}",
-        "reweight.plots=false",
-    ]
+    overrides = [*run_overrides(job, run_dir), f"shift.rho={job['rho']}", "reweight.plots=false"]
     if job["n_max"] is not None:
         overrides.append(f"shift.n_max={job['n_max']}")
-    if job["data_root"]:
-        overrides.append(f"data.options.root={job['data_root']}")
     return overrides
 
 
