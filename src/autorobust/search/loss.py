@@ -28,6 +28,7 @@ import numpy as np
 
 from autorobust._io import write_json
 from autorobust.config import BilevelConfig, ExperimentConfig, validate_config
+from autorobust.data.augment import BatchAugment
 from autorobust.data.base import ImageDataset
 from autorobust.data.splits import Splits
 from autorobust.data.tensors import images_to_tensor, resolve_device
@@ -269,8 +270,9 @@ def run_search(
     splits = build_splits(config) if splits is None else splits
     space = BilevelKnobSpace(config.bilevel)
     quiet = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})
-    if "augment_strength" in config.bilevel.tune and not any(
-        value for key, value in config.train.augment.model_dump().items() if key != "class_strength"
+    if (
+        "augment_strength" in config.bilevel.tune
+        and not BatchAugment(**config.train.augment.model_dump()).enabled
     ):
         raise ConfigError(
             "bilevel.tune: augment_strength needs an augmentation switched on in train.augment"

@@ -33,7 +33,7 @@ from autorobust.search.common import (
     train_trial,
     trial_dir,
 )
-from autorobust.search.runner import open_study, run_study
+from autorobust.search.runner import run_study
 
 __all__ = [
     "BEST_SPEC_NAME",
@@ -202,9 +202,7 @@ def run_search(
     # The configured V (by default the original 1-100-1 on the loss) is the first trial, so the
     # search is never judged worse on validation than the design it starts from.
     configured = params_from_reweight(config.reweight, space.settings, space.layers)
-    if configured is not None:
-        open_study(settings, run_dir).enqueue_trial(configured, skip_if_exists=True)
-    study = run_study(objective, settings, run_dir)
+    study = run_study(objective, settings, run_dir, first_params=configured)
     _history_plot(study, run_dir)
     best = finish_study(study, run_dir)["best_trial"]
     point = point_from_params(best["params"], space.settings)

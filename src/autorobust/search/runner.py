@@ -547,6 +547,8 @@ def run_study(
     objective: Callable[[optuna.Trial], float | Sequence[float]],
     settings: SearchSettings,
     run_dir: Path,
+    *,
+    first_params: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
     """Run trials of ``objective`` until the study holds ``settings.n_trials`` finished trials.
 
@@ -563,6 +565,8 @@ def run_study(
             and may report intermediate values for pruning.
         settings: storage, sampler, budget and fault-tolerance settings.
         run_dir: folder of the default SQLite storage.
+        first_params: parameters of a trial to run first (enqueued; skipped when the study
+            already holds a trial with them, so a resumed study does not repeat it).
 
     Returns:
         The study, which may hold fewer finished trials than ``n_trials`` if ``timeout`` ran out.
@@ -576,6 +580,8 @@ def run_study(
         ConfigError: as raised by :func:`open_study`.
     """
     study = open_study(settings, run_dir)
+    if first_params is not None:
+        study.enqueue_trial(dict(first_params), skip_if_exists=True)
     guarded = _GuardedObjective(
         objective,
         study=study,
