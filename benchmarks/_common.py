@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import platform
@@ -27,6 +28,19 @@ def run_jobs(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, max(len(jobs), 1)), mp_context=context) as pool:
         yield from pool.map(function, jobs)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The flags the training benchmarks share: device, workers, threads, data root, output
+    folder (default ``results``) and --update-readme."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument(
+        "--data-root", default=None, help="Fashion-MNIST folder (default: config's)"
+    )
+    parser.add_argument("--out", type=Path, default=results)
+    parser.add_argument("--update-readme", action="store_true")
 
 
 def run_overrides(job: dict, run_dir: str) -> list[str]:

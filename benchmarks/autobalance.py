@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import earlier_rows, run_jobs, run_overrides, write_results
+from _common import add_run_arguments, earlier_rows, run_jobs, run_overrides, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- autobalance-benchmark:start -->", "<!-- autobalance-benchmark:end -->")
@@ -133,14 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3, help="AutoBalance CE warm-up epochs")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
-    parser.add_argument(
-        "--data-root", default=None, help="Fashion-MNIST folder (default: config's)"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--update-readme", action="store_true")
+    add_run_arguments(parser, RESULTS)
     parser.add_argument(
         "--rows-from",
         type=Path,
