@@ -296,7 +296,7 @@ def _setup(job: dict) -> None:
 
 def search_unit(job: dict) -> dict:
     """One study: ``job["strategy"]`` on ``job["dataset"]``; returns the best genotype and cost."""
-    from autorobust.search.architecture import run_search
+    from autorobust.methods.csnas.search import run_search
 
     _setup(job)
     sampler, fitness = job["sampler"], job["fitness"]
@@ -348,9 +348,9 @@ def final_unit(job: dict) -> dict:
     """Train a genotype at the evaluation size, or a hand-written model, with the final budget."""
     from autorobust.config import validate_config
     from autorobust.experiment import train_run
+    from autorobust.methods.csnas.darts import Genotype, model_cost
+    from autorobust.methods.csnas.search import evaluation_config
     from autorobust.models import create_model
-    from autorobust.models.darts import Genotype, model_cost
-    from autorobust.search.architecture import evaluation_config
 
     _setup(job)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -402,9 +402,9 @@ def _resnet_model(model: str) -> dict[str, Any]:
 def fitness_unit(job: dict) -> dict:
     """The contrastive fitness of random genotype ``job["arch"]`` at one proxy size."""
     from autorobust.data.tensors import resolve_device
-    from autorobust.models.darts import Genotype, model_cost
-    from autorobust.search.architecture import build_search_network
-    from autorobust.search.fitness import create_fitness
+    from autorobust.methods.csnas.darts import Genotype, model_cost
+    from autorobust.methods.csnas.fitness import create_fitness
+    from autorobust.methods.csnas.search import build_search_network
 
     _setup(job)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -714,7 +714,7 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
 
 def _jobs(settings: dict) -> tuple[list[dict], list[dict]]:
     """(searches, other units) in priority order; finals of the best cells come later."""
-    from autorobust.models.darts import random_genotype
+    from autorobust.methods.csnas.darts import random_genotype
 
     common = {
         k: settings[k]

@@ -53,7 +53,7 @@ def run_one(job: dict) -> dict:
 
     from autorobust.config import load_config, validate_config
     from autorobust.experiment import train_run
-    from autorobust.search.loss import run_search
+    from autorobust.methods.autobalance.search import run_search
 
     torch.set_num_threads(job["threads"])
     with tempfile.TemporaryDirectory() as run_dir:

@@ -81,7 +81,8 @@ def run_search_job(job: dict) -> dict:
     import torch
 
     from autorobust.config import load_config
-    from autorobust.search.reweighter import point_from_params, run_search
+    from autorobust.methods.meta_weight_net.network import MetaWeightNetSpec
+    from autorobust.methods.meta_weight_net.search import point_from_params, run_search
 
     torch.set_num_threads(job["threads"])
     with tempfile.TemporaryDirectory() as run_dir:
@@ -97,7 +98,9 @@ def run_search_job(job: dict) -> dict:
         started = time.perf_counter()
         outcome = run_search(config, default_study_name="bench", retrain=False)
         point = point_from_params(outcome.best["params"], config.reweight.search)
-        spec = config.reweight.model_copy(update={**point, "hidden": point["hidden"]}).spec()
+        spec = MetaWeightNetSpec.from_config(
+            config.reweight.model_copy(update={**point, "hidden": point["hidden"]})
+        )
     return {
         "rho": job["rho"],
         "noise": job["noise"],

@@ -1,13 +1,41 @@
-"""A small name -> factory registry shared by models, losses and data sources."""
+"""A small name -> factory registry shared by models, losses, data sources and training methods.
+
+Methods add their own entries (the ``darts`` model, the ``parametric`` loss, the ``reweight``
+training method, ...) from their packages under ``autorobust/methods/``. The shared layers never
+import those packages: each registering module is declared as an entry point of the group
+``autorobust.plugins`` (in ``pyproject.toml``), and a registry imports every declared module the
+first time it is asked for a name it does not hold, or for its list of names. Another package can
+add its own model, loss or method the same way.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from autorobust.errors import UnknownNameError
 
+__all__ = ["PLUGIN_GROUP", "Registry", "load_plugins"]
+
 T = TypeVar("T")
+
+PLUGIN_GROUP = "autorobust.plugins"
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every module declared under the entry-point group :data:`PLUGIN_GROUP`, once.
+
+    Importing a module runs its ``@register_*`` decorators. A plugin that fails to import is a bug
+    of that plugin, and its error propagates.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first, so that a plugin that looks a name up while importing does not recurse
+    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        entry_point.load()
 
 
 class Registry(Generic[T]):
@@ -15,11 +43,18 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in error messages ("model", "loss", ...).
+        plugins: whether methods' packages add entries (see :func:`load_plugins`); the
+            registries of the search runner, for one, must not import torch to list a name.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, plugins: bool = False) -> None:
         self.kind = kind
+        self.plugins = plugins
         self._entries: dict[str, T] = {}
+
+    def _load_plugins(self) -> None:
+        if self.plugins:
+            load_plugins()
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a duplicate name is a programming error."""
@@ -34,6 +69,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the entry for ``name``; raise :class:`UnknownNameError` listing valid names."""
+        if name not in self._entries:
+            self._load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -41,10 +78,13 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
 
     def names(self) -> list[str]:
-        """Registered names, sorted."""
+        """Registered names (plugins included), sorted."""
+        self._load_plugins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

@@ -26,11 +26,14 @@ EXIT_INTERRUPTED = 130
 SEARCH_KINDS = {
     "baseline": ("autorobust.search.baseline", "TPE over the baseline losses and learning rate"),
     "reweighter": (
-        "autorobust.search.reweighter",
+        "autorobust.methods.meta_weight_net.search",
         "TPE over the Meta-Weight-Net architecture and input (MW-Net NAS)",
     ),
-    "loss": ("autorobust.search.loss", "AutoBalance: a loss learned by bilevel optimisation"),
-    "architecture": ("autorobust.search.architecture", "CSNAS: label-free DARTS cell search"),
+    "loss": (
+        "autorobust.methods.autobalance.search",
+        "AutoBalance: a loss learned by bilevel optimisation",
+    ),
+    "architecture": ("autorobust.methods.csnas.search", "CSNAS: label-free DARTS cell search"),
 }
 
 

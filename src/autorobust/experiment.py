@@ -184,7 +184,8 @@ def _train_locked(
         callbacks=callbacks,
         fingerprint=config_fingerprint(config),
     )
-    result = trainer.fit(splits.train, splits.meta, resume=resume)
+    train_data, val_data = trainer.fit_data(splits)
+    result = trainer.fit(train_data, val_data, resume=resume)
     counts = splits.train_class_counts
     metrics: dict[str, Any] = {
         "run": {
@@ -192,7 +193,7 @@ def _train_locked(
             "device": str(device),
             "model": config.model.name,
             "loss": config.loss.name,
-            "epochs": config.train.epochs,
+            "epochs": trainer.settings.epochs,
             "best_epoch": result.best_epoch,
             "wall_time_s": time.perf_counter() - started,
             "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
@@ -208,7 +209,7 @@ def _train_locked(
         ),
         "history": [record.to_dict() for record in result.history],
     }
-    method_metrics = trainer.extra_metrics(splits.train)
+    method_metrics = trainer.extra_metrics(train_data)
     if method_metrics:
         metrics["method"] = method_metrics
     if evaluate_test:

@@ -85,7 +85,9 @@ def test_imbalance_gives_exact_long_tail_counts(
 ) -> None:
     n_max = math.ceil(rho) + head  # keeps floor(n_max / rho) >= 1
     counts = long_tail_counts(n_max, num_classes, rho)
-    assert counts[0] == n_max and counts[-1] == (n_max if num_classes == 1 else n_max // rho)
+    # floor(n_max / rho), up to float rounding: rho = 1 + 2**-52 must not lose the last image.
+    tail = n_max if num_classes == 1 else math.floor(n_max / rho + 1e-9)
+    assert counts[0] == n_max and counts[-1] == tail
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(num_classes), n_max + extra))
     index = imbalance_indices(labels, counts, np.random.default_rng(seed))

@@ -15,11 +15,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from autorobust.config.architecture import ArchitectureConfig
-from autorobust.config.base import StrictModel
-from autorobust.config.bilevel import BilevelConfig
-from autorobust.config.reweight import ReweightConfig
+from autorobust._strict import StrictModel
 from autorobust.errors import ConfigError
+
+# Each method's config section lives with the method (``autorobust/methods/<name>/config.py``);
+# these modules are leaves that import only pydantic and StrictModel (an import contract checks
+# it), so the config can compose them without depending on the methods themselves.
+from autorobust.methods.autobalance.config import BilevelConfig
+from autorobust.methods.csnas.config import ArchitectureConfig
+from autorobust.methods.meta_weight_net.config import ReweightConfig
 
 __all__ = [
     "ArchitectureConfig",
@@ -174,12 +178,30 @@ class ExperimentConfig(StrictModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    method: Literal["erm", "reweight", "darts"] = "erm"
-    """How the classifier is trained: plain ERM, sample reweighting by a Meta-Weight-Net, or the
-    DARTS recipe for a searched cell (auxiliary loss, drop-path, clipping; model ``darts``)."""
+    method: Literal["erm", "reweight", "autobalance", "darts"] = "erm"
+    """How the classifier is trained: plain ERM, sample reweighting by a Meta-Weight-Net, the loss
+    learned by AutoBalance's bilevel optimisation (one bilevel run; ``autorobust search loss``
+    runs and retrains it), or the DARTS recipe for a searched cell (auxiliary loss, drop-path,
+    clipping; model ``darts``)."""
     reweight: ReweightConfig = Field(default_factory=ReweightConfig)
     bilevel: BilevelConfig = Field(default_factory=BilevelConfig)
     architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+
+    def epochs(self, stage: Literal["final", "trial", "bilevel"] = "final") -> int:
+        """The epoch budget of one training run of this config; every command resolves it here.
+
+        - ``final``: a run of ``autorobust train`` and the retraining of a search's best design:
+          ``train.epochs``;
+        - ``trial``: one trial of the baseline or reweighter search: ``search.trial_epochs``,
+          default ``train.epochs``;
+        - ``bilevel``: one trial (a bilevel run) of AutoBalance's loss search:
+          ``bilevel.search_epochs``, default ``train.epochs``.
+        """
+        if stage == "trial" and self.search.trial_epochs is not None:
+            return self.search.trial_epochs
+        if stage == "bilevel" and self.bilevel.search_epochs is not None:
+            return self.bilevel.search_epochs
+        return self.train.epochs
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict of every field, defaults included."""

@@ -11,7 +11,6 @@ from autorobust.losses.focal import FocalLoss
 from autorobust.losses.generalized_ce import GeneralizedCrossEntropyLoss
 from autorobust.losses.ldam import LDAMLoss
 from autorobust.losses.logit_adjustment import LogitAdjustedLoss
-from autorobust.losses.parametric import ParametricLoss  # noqa: F401 - registers 'parametric'
 from autorobust.losses.registry import (
     LOSSES,
     create_loss,

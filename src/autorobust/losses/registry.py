@@ -14,7 +14,7 @@ from autorobust.losses.base import ClassificationLoss
 
 __all__ = ["LOSSES", "create_loss", "list_losses", "register_loss"]
 
-LOSSES: Registry[type[ClassificationLoss]] = Registry("loss")
+LOSSES: Registry[type[ClassificationLoss]] = Registry("loss", plugins=True)
 
 
 def register_loss(

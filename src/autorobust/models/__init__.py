@@ -9,8 +9,6 @@ from autorobust.models.registry import MODELS, create_model, list_models, regist
 from autorobust.models.resnet import CifarResNet
 from autorobust.models.small_cnn import SmallCNN
 
-from autorobust.models.darts import DartsNetwork  # noqa: F401  # isort: skip - registers "darts"
-
 __all__ = [
     "MODELS",
     "CifarResNet",

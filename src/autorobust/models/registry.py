@@ -14,7 +14,7 @@ __all__ = ["MODELS", "create_model", "list_models", "register_model"]
 
 ModelFactory = Callable[..., Classifier]
 
-MODELS: Registry[ModelFactory] = Registry("model")
+MODELS: Registry[ModelFactory] = Registry("model", plugins=True)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:

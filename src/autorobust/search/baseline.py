@@ -95,7 +95,7 @@ def run_search(
     space = space or BaselineLossSpace()
     run_dir = Path(config.run_dir)
     splits = build_splits(config) if splits is None else splits
-    trial_epochs = config.search.trial_epochs or config.train.epochs
+    trial_epochs = config.epochs("trial")
 
     def objective(trial: optuna.Trial) -> float:
         point = space.suggest(trial)

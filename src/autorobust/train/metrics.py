@@ -17,6 +17,7 @@ __all__ = [
     "confusion_matrix",
     "expected_calibration_error",
     "per_class_accuracy",
+    "roc_auc",
     "shot_groups",
 ]
 
@@ -118,3 +119,26 @@ def classification_metrics(
         for group, classes in shot_groups(train_class_counts).items():
             metrics[f"{group}_shot_accuracy"] = _mean_or_none(recall[classes])
     return metrics
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for boolean labels ``positive`` (N,), ties averaged.
+
+    Mann–Whitney form: AUC = (Σ ranks of positives − P(P+1)/2) / (P·N); NaN if a class is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average ranks over runs of tied scores.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

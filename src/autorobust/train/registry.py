@@ -1,13 +1,14 @@
-"""Training methods by name (``method:`` in a config): ``erm`` and the ones later issues add.
+"""Training methods by name (``method:`` in a config).
 
 A method is a builder ``(config, splits, **trainer_kwargs) -> Trainer``; ``trainer_kwargs`` are
 the keyword arguments of :class:`~autorobust.train.trainer.Trainer` (model, loss, settings, device,
-seed, run_dir, callbacks, fingerprint).
+seed, run_dir, callbacks, fingerprint). ``erm`` is registered here; every other method registers
+its builder from its own package (``autorobust/methods/<name>/trainer.py``), which the registry
+imports as a plugin on first use (see :mod:`autorobust._registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,14 +18,7 @@ from autorobust.train.trainer import Trainer
 __all__ = ["TRAINERS", "create_trainer", "register_trainer"]
 
 TrainerBuilder = Callable[..., Trainer]
-TRAINERS: Registry[TrainerBuilder] = Registry("training method")
-
-# Modules that register further methods, imported on first use so that importing the trainer does
-# not import every method.
-_METHOD_MODULES = {
-    "reweight": "autorobust.train.reweighting",
-    "darts": "autorobust.models.darts.training",
-}
+TRAINERS: Registry[TrainerBuilder] = Registry("training method", plugins=True)
 
 
 def register_trainer(name: str) -> Callable[[TrainerBuilder], TrainerBuilder]:
@@ -39,6 +33,4 @@ def _build_erm(config: Any, splits: Any, **trainer_kwargs: Any) -> Trainer:
 
 def create_trainer(method: str, config: Any, splits: Any, **trainer_kwargs: Any) -> Trainer:
     """Build the trainer of ``method`` for ``config`` and ``splits``."""
-    if method not in TRAINERS and method in _METHOD_MODULES:
-        importlib.import_module(_METHOD_MODULES[method])
     return TRAINERS.get(method)(config, splits, **trainer_kwargs)

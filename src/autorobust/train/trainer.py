@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from autorobust.errors import AutorobustError
 from autorobust.losses.base import ClassificationLoss
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.schedule import lr_factor
+
+if TYPE_CHECKING:
+    from autorobust.data.splits import Splits
 
 __all__ = ["CHECKPOINT_NAME", "EpochRecord", "LabeledImages", "TrainResult", "Trainer", "predict"]
 
@@ -179,6 +182,12 @@ class Trainer:
                 "data carries no group attributes"
             )
         return self.loss(logits, y, groups=self.train_groups[index])
+
+    def fit_data(self, splits: Splits) -> tuple[LabeledImages, LabeledImages]:
+        """(training data, validation data) a run of ``splits`` fits on: the training pool and the
+        clean meta split. A method that trains on other data (AutoBalance's two levels) overrides
+        it; :func:`~autorobust.experiment.train_run` calls it."""
+        return splits.train, splits.meta
 
     def on_fit_start(self) -> None:
         """Called once the split tensors exist, before the first (or resumed) epoch."""
