@@ -11,29 +11,26 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autorobust import __version__
 from autorobust.errors import AutorobustError
+
+if TYPE_CHECKING:
+    from autorobust.config import ExperimentConfig
+    from autorobust.search.common import SearchOutcome
 
 __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# `autorobust search KIND`: the module whose `run_search(config, *, default_study_name, retrain,
-# **options) -> SearchOutcome` runs it, and its help line.
+# `autorobust search KIND`: the help line of each kind; `_run_search` calls its `run_search`.
 SEARCH_KINDS = {
-    "baseline": ("autorobust.search.baseline", "TPE over the baseline losses and learning rate"),
-    "reweighter": (
-        "autorobust.methods.meta_weight_net.search",
-        "TPE over the Meta-Weight-Net architecture and input (MW-Net NAS)",
-    ),
-    "loss": (
-        "autorobust.methods.autobalance.search",
-        "AutoBalance: a loss learned by bilevel optimisation",
-    ),
-    "architecture": ("autorobust.methods.csnas.search", "CSNAS: label-free DARTS cell search"),
+    "baseline": "TPE over the baseline losses and learning rate",
+    "reweighter": "TPE over the Meta-Weight-Net architecture and input (MW-Net NAS)",
+    "loss": "AutoBalance: a loss learned by bilevel optimisation",
+    "architecture": "CSNAS: label-free DARTS cell search",
 }
 
 
@@ -85,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search a design with Optuna")
     kinds = search.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, (_, help_text) in SEARCH_KINDS.items():
+    for kind, help_text in SEARCH_KINDS.items():
         _add_search_arguments(kinds.add_parser(kind, help=help_text))
     # Only the architecture search scores candidates in more than one way.
     kinds.choices["architecture"].add_argument(
@@ -149,9 +146,38 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_search(args: argparse.Namespace) -> int:
-    import importlib
+def _run_search(
+    kind: str,
+    config: ExperimentConfig,
+    *,
+    default_study_name: str,
+    retrain: bool,
+    fitness: str | None,
+) -> SearchOutcome:
+    """Run the search command ``kind``: each lives with its method (imported here, not at start-up,
+    so that ``autorobust --help`` does not load torch)."""
+    if kind == "baseline":
+        from autorobust.search.baseline import run_search as baseline
 
+        return baseline(config, default_study_name=default_study_name, retrain=retrain)
+    if kind == "reweighter":
+        from autorobust.methods.meta_weight_net.search import run_search as reweighter
+
+        return reweighter(config, default_study_name=default_study_name, retrain=retrain)
+    if kind == "loss":
+        from autorobust.methods.autobalance.search import run_search as loss
+
+        return loss(config, default_study_name=default_study_name, retrain=retrain)
+    if kind == "architecture":
+        from autorobust.methods.csnas.search import run_search as architecture
+
+        return architecture(
+            config, default_study_name=default_study_name, retrain=retrain, fitness=fitness
+        )
+    raise AssertionError(f"unknown search kind {kind!r}")  # argparse allows only SEARCH_KINDS
+
+
+def _command_search(args: argparse.Namespace) -> int:
     config = _load(args)
     updates = {
         "storage": args.storage,
@@ -167,11 +193,12 @@ def _command_search(args: argparse.Namespace) -> int:
         raw = config.to_dict()
         raw["search"].update(updates)
         config = validate_config(raw, where="command line")
-    default_name = f"{args.kind}-{Path(args.config).stem}"
-    options = {"fitness": args.fitness} if getattr(args, "fitness", None) else {}
-    module = importlib.import_module(SEARCH_KINDS[args.kind][0])
-    outcome = module.run_search(
-        config, default_study_name=default_name, retrain=not args.no_retrain, **options
+    outcome = _run_search(
+        args.kind,
+        config,
+        default_study_name=f"{args.kind}-{Path(args.config).stem}",
+        retrain=not args.no_retrain,
+        fitness=getattr(args, "fitness", None),
     )
     best = outcome.best
     print(f"best trial #{best['number']}: {best['params']} (value {best['value']:.4g})")

@@ -1,0 +1,18 @@
+"""One package per method, named for its paper, holding all of it.
+
+=====================  ==========================================================================
+package                method
+=====================  ==========================================================================
+``meta_weight_net``    Meta-Weight-Net sample reweighting (Shu et al., NeurIPS 2019) and the
+                       architecture search of its weighting network (paper 002, "NAS of MW-Net")
+``autobalance``        AutoBalance: a parametric loss learned by bilevel optimisation (Li et al.,
+                       NeurIPS 2021)
+``csnas``              CSNAS: label-free DARTS cell search by a contrastive fitness (paper 000)
+=====================  ==========================================================================
+
+Each package holds its config section (``config.py``, a leaf that imports only pydantic), its
+algorithm modules, its trainer (registered as a ``method:``), its search command (``search.py``)
+and its report. Methods never import each other; the shared layers (``data``, ``models``,
+``losses``, ``train``, ``search``, ``experiment``) never import a method: a method adds its
+trainer, model or loss to the shared registries as a plugin (``autorobust/_registry.py``).
+"""

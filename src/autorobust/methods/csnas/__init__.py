@@ -1,0 +1,12 @@
+"""CSNAS: label-free search of DARTS cells by a contrastive fitness (paper 000).
+
+- ``config.py``: the ``architecture`` config section;
+- ``darts/``: operations, the one-operation-per-edge genotype, cells and the network (registered
+  as model ``darts``);
+- ``contrastive.py``: PIRL's NCE loss with a memory bank, and SimCLR's NT-Xent;
+- ``fitness.py``: how a candidate cell is scored (contrastive, SimCLR, supervised ablation);
+- ``trainer.py``: ``method: darts``, the final training recipe (auxiliary head, drop-path,
+  clipping);
+- ``search.py``: ``autorobust search architecture``;
+- ``report.py``: genotype drawings and the fitness history.
+"""
