@@ -1,4 +1,4 @@
-"""Train a fixed set of small runs of every bundled config and fingerprint the weights they end with.
+"""Train a fixed set of small runs of every bundled config; fingerprint the weights they end with.
 
 A refactoring that must not change behaviour (issue 12's package-per-method layout) is checked by
 running this script before and after it and comparing the two JSON files: every run must end with

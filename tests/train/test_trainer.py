@@ -9,7 +9,20 @@ import torch
 from autorobust.config import load_config
 from autorobust.errors import AutorobustError
 from autorobust.experiment import build_loss, build_model, build_splits, config_fingerprint
+from autorobust.testing import TrainingMethodTests
 from autorobust.train.trainer import CHECKPOINT_NAME, Trainer, load_checkpoint
+
+
+class TestErmConformance(TrainingMethodTests):
+    """Plain ERM keeps the contract of every training method (with dropout and augmentation)."""
+
+    config_name = "demo"
+    overrides = (
+        "train.batch_size=128",
+        "model.options.width=8",
+        "train.augment.crop_padding=1",
+        "model.options.dropout=0.2",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,37 +63,6 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resumed_run_ends_with_exactly_the_same_weights(config, splits, tmp_path: Path, stop_after):
-    full = _trainer(config, splits, tmp_path / "full")
-    full_result = full.fit(splits.train, splits.meta)
-
-    interrupted = _trainer(config, splits, tmp_path / "resumed", callbacks=[stop_after(1)])
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(splits.train, splits.meta)
-    checkpoint = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)
-    assert checkpoint["epoch"] == 1  # Ctrl-C kept the checkpoint of the finished epoch
-
-    resumed = _trainer(config, splits, tmp_path / "resumed")
-    resumed_result = resumed.fit(splits.train, splits.meta, resume=True)
-
-    for name, tensor in _state(full).items():
-        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    assert [r.train_loss for r in full_result.history] == [
-        r.train_loss for r in resumed_result.history
-    ]
-    assert resumed_result.best_epoch == full_result.best_epoch
-    assert len(resumed_result.history) == 3
-
-
-def test_training_is_deterministic_and_seed_dependent(config, splits):
-    a = _trainer(config, splits, None).fit(splits.train, splits.meta)
-    b = _trainer(config, splits, None).fit(splits.train, splits.meta)
-    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
-    other = config.model_copy(update={"seed": 1})
-    c = _trainer(other, splits, None).fit(splits.train, splits.meta)
-    assert [r.train_loss for r in a.history] != [r.train_loss for r in c.history]
-
-
 def test_global_rng_is_left_untouched(config, splits):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -102,13 +84,6 @@ def test_checkpoint_is_replaced_atomically_and_loads_weights_only(config, splits
     checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert checkpoint["epoch"] == 3
     assert len(checkpoint["history"]) == 3
-
-
-def test_resume_refuses_a_checkpoint_of_another_config(config, splits, tmp_path: Path):
-    _trainer(config, splits, tmp_path).fit(splits.train, splits.meta)
-    other = config.model_copy(update={"seed": 7})
-    with pytest.raises(AutorobustError, match="different configuration"):
-        _trainer(other, splits, tmp_path).fit(splits.train, splits.meta, resume=True)
 
 
 def test_corrupt_and_unsafe_checkpoints_are_refused(tmp_path: Path):

@@ -1,8 +1,8 @@
 """``autorobust search loss``: AutoBalance, a loss learned by bilevel optimisation, then retrained.
 
-One trial = one bilevel run (``method: autobalance``, trained by :func:`~autorobust.experiment.train_run`
-like every other method) on the training pool's train part, the upper level on its validation
-part (``bilevel.upper_data``). TPE, through the
+One trial = one bilevel run (``method: autobalance``, trained by
+:func:`~autorobust.experiment.train_run` like every other method) on the training pool's train
+part, the upper level on its validation part (``bilevel.upper_data``). TPE, through the
 foundation's runner, may tune the bilevel trainer's own knobs (``bilevel.tune``: upper lr, warm-up,
 fairness weight, η scale, upper frequency, and the per-class augmentation strength, which is not
 differentiable and so is searched by TPE rather than by the hypergradient); a trial is scored by

@@ -1,7 +1,7 @@
 """Plots of a Meta-Weight-Net run: the learned weight against the loss, and clean vs noisy weights.
 
-Both read what :class:`~autorobust.methods.meta_weight_net.trainer.ReweightingTrainer` recorded in the last epoch
-(``sample_weights.npz``) and the curves of its ``extra_metrics``.
+Both read what :class:`~autorobust.methods.meta_weight_net.trainer.ReweightingTrainer` recorded in
+the last epoch (``sample_weights.npz``) and the curves of its ``extra_metrics``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 A cell has two input nodes (ids 0 and 1: the outputs c_{k-2} and c_{k-1} of the two previous cells),
 N intermediate nodes (ids 2 .. N+1) and the output c_k, the concatenation of the intermediate nodes.
 Every pair i < j with j an intermediate node is an edge carrying one operation of
-:data:`~autorobust.methods.csnas.darts.operations.OPERATION_NAMES`, and node j = sum_i o_(i,j)(x_i). A
-cell is therefore a vector of ``sum_{i=2}^{N+1} i = N (N + 3) / 2`` operation names (14 for
-N = 4, 20 for N = 5), ordered by target node, then source node: (0,2), (1,2), (0,3), (1,3), (2,3),
-(0,4), ...
+:data:`~autorobust.methods.csnas.darts.operations.OPERATION_NAMES`, and node
+j = sum_i o_(i,j)(x_i). A cell is therefore a vector of ``sum_{i=2}^{N+1} i = N (N + 3) / 2``
+operation names (14 for N = 4, 20 for N = 5), ordered by target node, then source node: (0,2),
+(1,2), (0,3), (1,3), (2,3), (0,4), ...
 A genotype holds one such vector for the normal and one for the reduction cell.
 
 **Zero nodes.** The ``none`` operation lets a node receive nothing. A node is *zero* when each of

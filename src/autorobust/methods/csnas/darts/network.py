@@ -8,8 +8,8 @@ non-identity edge (probability :attr:`DartsNetwork.drop_path_prob`, which the DA
 linearly over training) and an auxiliary classifier reading the cell at ``2 * layers // 3``.
 
 A cell whose output no later cell reads (possible when cells skip one of their inputs, see
-:mod:`autorobust.methods.csnas.darts.genotype`) is not built: it could not influence the logits, and its
-parameters would never receive a gradient.
+:mod:`autorobust.methods.csnas.darts.genotype`) is not built: it could not influence the logits,
+and its parameters would never receive a gradient.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ ReLU-depthwise-pointwise-BN blocks) and ``dil_conv_3x3``, ``dil_conv_5x5`` (one 
 ReLU-depthwise-pointwise-BN block, dilation 2).
 
 A cell never instantiates ``none``: an edge carrying it is simply absent (see
-:mod:`autorobust.methods.csnas.darts.genotype`), so no parameter exists that could not receive a gradient.
+:mod:`autorobust.methods.csnas.darts.genotype`), so no parameter exists that could not receive a
+gradient.
 """
 
 from __future__ import annotations
