@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, help_text in SEARCH_KINDS.items():
         _add_search_arguments(kinds.add_parser(kind, help=help_text))
     # Only the architecture search scores candidates in more than one way.
+    from autorobust.methods.csnas.config import FITNESS_NAMES  # a leaf: pydantic only
+
     kinds.choices["architecture"].add_argument(
         "--fitness",
-        choices=["contrastive", "simclr", "supervised"],
+        choices=FITNESS_NAMES,
         help="how a candidate cell is scored (default: the config's architecture.fitness)",
     )
 

@@ -7,13 +7,17 @@ search's sampler, trial budget, TPE start-up trials, ``n_ei_candidates`` and ``g
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from autorobust._strict import StrictModel
 
-__all__ = ["ArchitectureConfig"]
+__all__ = ["FITNESS_NAMES", "ArchitectureConfig", "FitnessName"]
+
+FitnessName = Literal["contrastive", "simclr", "supervised", "naswot", "synflow", "jacob_cov"]
+FITNESS_NAMES: tuple[str, ...] = get_args(FitnessName)
+"""The fitnesses ``architecture.fitness`` and ``--fitness`` accept (``methods/csnas/fitness``)."""
 
 
 class ArchitectureConfig(StrictModel):
@@ -31,10 +35,12 @@ class ArchitectureConfig(StrictModel):
     eval_channels: int = Field(36, ge=1)
     """Initial channels of the final network (paper: 36, about 3 M parameters on CIFAR-10)."""
 
-    fitness: Literal["contrastive", "simclr", "supervised"] = "contrastive"
+    fitness: FitnessName = "contrastive"
     """How a candidate is scored (lower is better): the PIRL loss of Eq. (3) after training on the
-    unlabeled view; SimCLR's NT-Xent instead; or, the paper's ablation, the validation error
-    (1 - balanced accuracy on the meta split) after supervised training on the same images."""
+    unlabeled view; SimCLR's NT-Xent instead; the paper's ablation, the validation error
+    (1 - balanced accuracy on the meta split) after supervised training on the same images; or a
+    training-free, label-free score of the untrained candidate, negated (``naswot``, ``synflow``,
+    ``jacob_cov``)."""
     fitness_epochs: int = Field(5, ge=1)
     """Training epochs of every candidate (the same budget for all; the paper does not state it).
     ``search.trial_epochs`` is not used by this search."""
@@ -64,6 +70,11 @@ class ArchitectureConfig(StrictModel):
     """Drawn bank negatives per step with ``negatives: bank`` (at most the subset size - 1)."""
     simclr_tau: float = Field(0.5, gt=0.0)
     """Temperature of SimCLR's NT-Xent (Chen et al. 2020: 0.5)."""
+    score_batch: int = Field(128, ge=2)
+    """Training-free fitnesses: unlabeled images in the batch NASWOT and the Jacobian covariance
+    score (Mellor et al.: 128; at most the unlabeled view's size)."""
+    score_inits: int = Field(3, ge=1)
+    """Training-free fitnesses: initialisations of the candidate whose scores are averaged."""
     view_crop_padding: int = Field(2, ge=0)
     """Views: random crop after zero padding by this many pixels (random cropping, §III-B)."""
     view_hflip: bool = True

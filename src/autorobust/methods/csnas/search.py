@@ -4,9 +4,11 @@ Every trial asks the sampler for one operation per edge of the normal and the re
 (``trial.suggest_categorical`` only, uniform prior), builds the search-size network
 (``architecture.search_layers`` cells, ``search_channels`` channels), trains it for
 ``architecture.fitness_epochs`` epochs with the configured fitness and reports the fitness after
-every epoch so the pruner can stop hopeless candidates. Lower fitness is better. A genotype with no
-path to a cell's output is pruned at once. TPE (Optuna's, ``search.n_startup_trials`` random
-trials first: the paper uses 20) or random search (``--sampler random``) proposes the candidates.
+every epoch so the pruner can stop hopeless candidates; a training-free fitness (``naswot``,
+``synflow``, ``jacob_cov``) scores the untrained candidate instead and is not pruned. Lower
+fitness is better. A genotype with no path to a cell's output is pruned at once. TPE (Optuna's,
+``search.n_startup_trials`` random trials first: the paper uses 20) or random search
+(``--sampler random``) proposes the candidates.
 
 The best genotype is written as ``best_genotype.json`` and drawn as ``best_genotype.png``; with
 ``retrain`` it is trained from scratch at the evaluation size (``eval_layers`` / ``eval_channels``)
@@ -152,8 +154,9 @@ def run_search(
             ``search`` section the sampler and budget (rerunning resumes the study).
         default_study_name: the study name when ``search.study_name`` is unset.
         retrain: train the best genotype at the evaluation size and measure it on the test split.
-        fitness: ``"contrastive"``, ``"simclr"``, ``"supervised"`` or a :class:`Fitness` object;
-            None: ``architecture.fitness``.
+        fitness: a registered fitness name (``"contrastive"``, ``"naswot"``, ...; see
+            :mod:`autorobust.methods.csnas.fitness`) or a :class:`Fitness` object; None:
+            ``architecture.fitness``.
         splits: pre-built splits (None: build them from ``config``).
 
     Returns:
@@ -197,13 +200,17 @@ def run_search(
         def report(epoch: int, value: float) -> None:
             prune_if_hopeless(trial, value, epoch)
 
-        result = scorer.evaluate(network, splits, report=report)
+        # A training-free score is final at once: nothing to prune it on.
+        result = scorer.evaluate(network, splits, report=report if scorer.trains else None)
         trial.set_user_attr("fitness_history", result.history)
         trial.set_user_attr("fitness_seconds", result.seconds)
+        trial.set_user_attr("fitness_cpu_seconds", result.cpu_seconds)
         return result.value
 
     # The fitness and its proxy size are part of the space: other values are not comparable.
     proxy = {k: getattr(arch, k) for k in ("search_layers", "search_channels", "fitness_epochs")}
+    if not scorer.trains:
+        proxy.update(score_batch=arch.score_batch, score_inits=arch.score_inits)
     settings = search_settings(
         config.search,
         study_name=default_study_name,

@@ -124,10 +124,12 @@ class FactorizedReduce(nn.Module):
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
+        # A module, not F.relu, so that activation hooks (the NASWOT fitness) see it; no weights.
+        self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """float (B, C_in, H, W) -> (B, C_out, ceil(H / 2), ceil(W / 2))."""
-        x = F.relu(x)
+        x = self.relu(x)
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
