@@ -2,6 +2,8 @@
 
 A reader (or a crash) never sees a half-written file: ``os.replace`` is atomic on POSIX and Windows
 when source and target are on the same file system, which a sibling temporary file guarantees.
+A write that fails (full disk, no permission) raises :class:`~autorobust.errors.WriteError`, one
+line naming the file and the cause, and leaves the previous file and no temporary behind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "exclusive_directory", "write_json", "write_text"]
+from autorobust.errors import AutorobustError, WriteError
+
+__all__ = [
+    "atomic_write",
+    "describe_os_error",
+    "exclusive_directory",
+    "missing_directories",
+    "write_json",
+    "write_text",
+]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
@@ -22,10 +33,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
     Returns the final path. On any exception the temporary file is removed and ``path`` is left
     untouched.
+
+    Raises:
+        WriteError: an ``OSError`` or ``RuntimeError`` raised while creating, writing or renaming
+            the file (torch reports a full disk as ``RuntimeError: ... unexpected pos``), as one
+            line naming ``path`` and the cause, e.g. ``run/checkpoint.pt: cannot write (No space
+            left on device)``. Other exceptions propagate unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write ({describe_os_error(exc, path)})") from exc
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
         os.chmod(tmp_name, 0o666 & ~_umask())
@@ -34,10 +54,45 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, AutorobustError):
+            cause = describe_os_error(exc, path, Path(tmp_name))
+            raise WriteError(f"{path}: cannot write ({cause})") from exc
         raise
     return path
+
+
+def describe_os_error(exc: BaseException, *paths: Path) -> str:
+    """The cause of a failed file operation in a few words, on one line.
+
+    The first ``OSError`` with a system message in the chain of ``exc`` (its ``__cause__`` and
+    ``__context__``) wins, e.g. "No space left on device": torch reports a failed write as a
+    ``RuntimeError`` whose context is the ``OSError``. The file the OS names is added when it is
+    none of ``paths`` nor a temporary file beside one of them (say, the parent folder that could
+    not be created). Without such an error, the first line of ``exc``'s own message.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.strerror:
+            named = None if error.filename is None else Path(os.fsdecode(error.filename))
+            if named is not None and not any(_same_file(named, path) for path in paths):
+                return f"{error.strerror}: {named}"
+            return error.strerror
+        error = error.__cause__ or error.__context__
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def _same_file(named: Path, path: Path) -> bool:
+    """Whether ``named`` is ``path`` or one of the temporary files :func:`atomic_write` makes
+    beside it."""
+    if named == path:
+        return True
+    temporary = named.name.startswith(f".{path.name}.") and named.name.endswith(".tmp")
+    return temporary and named.parent == path.parent
 
 
 def _umask() -> int:
@@ -66,17 +121,22 @@ def exclusive_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Raises:
         AutorobustError: another process holds the lock.
+        WriteError: the folder or its lock file cannot be created (e.g. no permission).
     """
-    from autorobust.errors import AutorobustError
-
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / ".lock", "a+")  # noqa: SIM115 - closed by the with block below
+    except OSError as exc:
+        cause = describe_os_error(exc, path, path / ".lock")
+        raise WriteError(f"{path}: cannot create the run directory ({cause})") from exc
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        yield path
+        with handle:
+            yield path
         return
-    with open(path / ".lock", "a+") as handle:
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -85,3 +145,15 @@ def exclusive_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
             yield path
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def missing_directories(path: str | os.PathLike[str]) -> list[Path]:
+    """The folders among ``path`` and its parents that do not exist yet, outermost first: those
+    that ``Path(path).mkdir(parents=True)`` would create (and a caller may remove again)."""
+    path = Path(path).absolute()
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing[::-1]

@@ -239,6 +239,11 @@ COMMANDS = {
 }
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` with any line breaks folded: an error is one line on stderr."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
@@ -248,12 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutorobustError as exc:
         if args.debug:
             raise
-        print(f"autorobust: error: {exc}", file=sys.stderr)
+        print(f"autorobust: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # unwritable run directory, full disk, ...: the message names the path
         if args.debug:
             raise
-        print(f"autorobust: error: {exc}", file=sys.stderr)
+        print(f"autorobust: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if args.debug:

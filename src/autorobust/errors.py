@@ -6,7 +6,14 @@ as one line and exits with status 2. Anything else is a bug and keeps its traceb
 
 from __future__ import annotations
 
-__all__ = ["AutorobustError", "ConfigError", "DataError", "ShiftError", "UnknownNameError"]
+__all__ = [
+    "AutorobustError",
+    "ConfigError",
+    "DataError",
+    "ShiftError",
+    "UnknownNameError",
+    "WriteError",
+]
 
 
 class AutorobustError(Exception):
@@ -27,3 +34,9 @@ class ConfigError(AutorobustError, ValueError):
 
 class UnknownNameError(AutorobustError, ValueError):
     """A name looked up in a registry does not exist; the message lists the valid names."""
+
+
+class WriteError(AutorobustError, OSError):
+    """A file could not be written (full disk, no permission, read-only file system...); the
+    message names the file and the cause. It is an :class:`OSError` too, so code that handles
+    failed writes as such keeps working."""
