@@ -165,6 +165,36 @@ def test_codecs_encode_is_limited_to_latin1(tmp_path: Path) -> None:
         read_pickle(path)
 
 
+class _PersistentIds(pickle.Pickler):
+    """Writes bytes as persistent ids, as torch does with its storages."""
+
+    def persistent_id(self, obj: object) -> str | None:
+        return "storage" if isinstance(obj, bytes) else None
+
+
+def test_an_error_of_the_unpickler_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "data_batch_1"
+    with path.open("wb") as stream:
+        _PersistentIds(stream, protocol=2).dump({"data": b"\x00" * 8})
+    with pytest.raises(DataError) as info:
+        read_pickle(path)
+    # pickle's own text spans two lines; an error the CLI prints must be one
+    assert str(info.value) == (
+        f"{path}: corrupt or truncated pickle (A load persistent id instruction was encountered, "
+        "but no persistent_load function was specified.)"
+    )
+
+
+def test_advice_to_unpickle_another_way_is_never_passed_on() -> None:
+    from autorobust.data.sources.cifar import _detail
+
+    error = pickle.UnpicklingError(
+        "Unsupported operand 149.\nRe-running with weights_only=False will likely succeed. "
+        "Load it with pickle.load() if you trust the file."
+    )
+    assert _detail(error) == "Unsupported operand 149."
+
+
 def test_missing_batch_is_named(tmp_path: Path) -> None:
     make_cifar10(tmp_path)
     (tmp_path / "data_batch_3").unlink()

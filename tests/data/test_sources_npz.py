@@ -64,8 +64,10 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_file_that_is_not_an_npz(tmp_path: Path) -> None:
     path = tmp_path / "junk.npz"
     path.write_bytes(b"definitely not a zip archive" * 10)
-    with pytest.raises(DataError, match=r"junk\.npz: not a valid \.npz archive of plain arrays"):
+    with pytest.raises(DataError) as info:
         NpzSource(path=path).load()
+    # numpy took it for a pickle and advised loading it with allow_pickle: never passed on
+    assert str(info.value) == f"{path}: not an .npz archive (a zip file of .npy arrays)"
     single = tmp_path / "single.npz"
     with single.open("wb") as stream:
         np.save(stream, np.zeros(3))
@@ -97,8 +99,12 @@ def test_object_arrays_are_refused(tmp_path: Path) -> None:
     data_in = arrays()
     data_in["test_labels"] = np.array([1, "a", None], dtype=object)
     path = save(tmp_path / "objects.npz", **data_in)
-    with pytest.raises(DataError, match=r"objects\.npz: not a valid \.npz archive.*allow_pickle"):
+    with pytest.raises(DataError) as info:
         NpzSource(path=path).load()
+    assert str(info.value) == (
+        f"{path}: test_labels: not a plain numeric array (object arrays and malformed .npy "
+        "entries are refused)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
+import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,10 @@ __all__ = ["CHECKPOINT_NAME", "EpochRecord", "LabeledImages", "TrainResult", "Tr
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _CHECKPOINT_VERSION = 1
+# torch.save writes a zip archive; anything else is refused before torch reads a byte of it.
+_ZIP_MAGIC = b"PK\x03\x04"
+# The global a weights-only load refused, as torch names it (the rest of its text is not shown).
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 class LabeledImages(Protocol):
@@ -384,14 +391,41 @@ class Trainer:
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary unpickling); clear errors."""
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary unpickling).
+
+    Raises:
+        AutorobustError: one line naming ``path``: missing, unreadable, not a torch zip archive,
+            corrupt or truncated, or holding objects a weights-only load refuses. The message is
+            our own: torch's advice to retry with unsafe unpickling is never passed on.
+    """
+    path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with path.open("rb") as stream:
+            magic = stream.read(len(_ZIP_MAGIC))
     except FileNotFoundError:
         raise AutorobustError(f"{path}: no such checkpoint") from None
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AutorobustError(f"{path}: not a readable autorobust checkpoint ({first})") from None
+    except OSError as exc:
+        raise AutorobustError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if magic != _ZIP_MAGIC:
+        raise AutorobustError(
+            f"{path}: not an autorobust checkpoint (not a torch zip archive: corrupt, or a file "
+            "of another kind)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of odd files
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _REFUSED_GLOBAL.search(str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise AutorobustError(
+            f"{path}: not an autorobust checkpoint: it holds Python objects{what} other than "
+            "tensors, numbers and plain containers, which are never unpickled"
+        ) from None
+    except Exception:  # torch raises several types for a corrupt or truncated archive
+        raise AutorobustError(
+            f"{path}: not a readable autorobust checkpoint (corrupt or truncated archive)"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("version") != _CHECKPOINT_VERSION:
         raise AutorobustError(f"{path}: not an autorobust checkpoint (version mismatch)")
     return checkpoint

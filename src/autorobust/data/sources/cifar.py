@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import pickle
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,6 +17,8 @@ from autorobust.errors import ConfigError, DataError
 __all__ = ["Cifar10Source", "Cifar100Source", "read_pickle"]
 
 _IMAGE_SIZE = 32
+# Words of a message that would point a user at unrestricted unpickling.
+_UNSAFE_ADVICE = re.compile(r"allow_pickle|weights_only|pickle\.load|trust", re.IGNORECASE)
 _ROW = 3 * _IMAGE_SIZE * _IMAGE_SIZE
 
 
@@ -70,6 +73,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+def _detail(exc: BaseException) -> str:
+    """The message of an unpickling error on one line; any sentence that points at loading the
+    file another (unrestricted) way is dropped: this loader never suggests that."""
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(str(exc).split()))
+    kept = [s for s in sentences if not _UNSAFE_ADVICE.search(s)]
+    return " ".join(kept) or type(exc).__name__
+
+
 def read_pickle(path: str | Path) -> Any:
     """Unpickle ``path`` allowing only numpy arrays, dtypes, scalars and builtin containers.
 
@@ -89,9 +100,9 @@ def read_pickle(path: str | Path) -> Any:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (pickle.UnpicklingError, EOFError) as exc:
-        raise DataError(f"{path}: corrupt or truncated pickle ({exc})") from None
+        raise DataError(f"{path}: corrupt or truncated pickle ({_detail(exc)})") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: corrupt pickle ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: corrupt pickle ({type(exc).__name__}: {_detail(exc)})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 

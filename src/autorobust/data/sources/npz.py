@@ -16,6 +16,8 @@ from autorobust.errors import ConfigError, DataError
 __all__ = ["NpzSource"]
 
 _KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 
 
 @register_source("npz")
@@ -81,11 +83,20 @@ class NpzSource(DataSource):
         path = self.file
         if not path.is_file():
             raise DataError(f"{path}: file not found")
+        # numpy takes any file that is neither a zip nor an .npy for a pickle and refuses it with
+        # advice to load it unsafely: tell what the file is from its first bytes instead.
         try:
-            loaded = np.load(path, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
-            with loaded as archive:
+            with path.open("rb") as stream:
+                magic = stream.read(len(_NPY_MAGIC))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if magic.startswith(_NPY_MAGIC):
+            raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
+        if not magic.startswith(_ZIP_MAGICS):
+            raise DataError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
+        key = None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
                 names = list(archive.files)
                 missing = [key for key in _KEYS if key not in names]
                 if missing:
@@ -93,14 +104,21 @@ class NpzSource(DataSource):
                         f"{path}: missing array(s) {', '.join(missing)}; found "
                         f"{', '.join(names) or 'none'}"
                     )
-                arrays = {key: archive[key] for key in _KEYS}
+                arrays = {}
+                for key in _KEYS:
+                    arrays[key] = archive[key]
         except DataError:
             raise
         except (zipfile.BadZipFile, zlib.error, EOFError):
             raise DataError(f"{path}: corrupt or truncated .npz archive") from None
-        except ValueError as exc:
-            # numpy refuses pickled data (not an npz, or an object array) with a ValueError
-            raise DataError(f"{path}: not a valid .npz archive of plain arrays ({exc})") from None
+        except ValueError:
+            # numpy refuses an object array (pickled Python objects) or a malformed header with a
+            # ValueError whose text advises loading it unsafely: it is not passed on.
+            where = "" if key is None else f"{key}: "
+            raise DataError(
+                f"{path}: {where}not a plain numeric array (object arrays and malformed .npy "
+                "entries are refused)"
+            ) from None
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
         ignored = [name for name in names if name not in _KEYS]
