@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from autorobust.config import (
     ExperimentConfig,
@@ -84,3 +87,91 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
         ConfigError, match=r"scalar\.yaml: expected a mapping at the top level, got int"
     ):
         load_config(scalar)
+
+
+def _float_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every ``float`` and ``float | None`` field of ``model``, nested included."""
+    paths = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _float_fields(annotation, f"{prefix}{name}.")
+            continue
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        members = typing.get_args(annotation) if union else (annotation,)
+        if float in members:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+FLOAT_FIELDS = _float_fields(ExperimentConfig)
+
+
+def test_the_float_fields_are_found():
+    assert {"train.lr", "shift.rho", "search.timeout", "bilevel.upper_lr"} <= set(FLOAT_FIELDS)
+    assert len(FLOAT_FIELDS) > 30
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", ".inf", "nan", ".nan"])
+def test_no_float_field_takes_infinity_or_nan(value: str):
+    for path in FLOAT_FIELDS:
+        with pytest.raises(ConfigError) as info:
+            load_config("demo", [f"{path}={value}"])
+        assert str(info.value).startswith(
+            f"--set {path}={value}: {path}: Input should be a finite number"
+        ), path
+
+
+@pytest.mark.parametrize("section", ["model", "loss", "data"])
+def test_options_take_no_infinity_or_nan(section: str):
+    with pytest.raises(
+        ConfigError, match=rf"^my\.yaml: {section}\.options: a\.b\[1\] must be a fin"
+    ):
+        validate_config({section: {"options": {"a": {"b": [1.0, float("nan")]}}}}, where="my.yaml")
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        ([[1, 0, 0], [0, 1, 0], [0.5, 0.4, 0]], "row 2 sums to 0.9, expected 1"),
+        ([[1, 0], [0, 1, 0]], "must be square: row 1 has 3 entries, not 2"),
+        ([[1.5, -0.5], [0, 1]], "row 0 holds the negative entry -0.5"),
+        ([], "must be a K x K matrix, got an empty list"),
+    ],
+)
+def test_a_noise_matrix_is_checked_with_its_field(matrix, message):
+    raw = {"shift": {"noise": "matrix", "noise_matrix": matrix}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw, where="my.yaml")
+    assert str(info.value) == f"my.yaml: shift.noise_matrix: {message}"
+
+
+def test_a_row_stochastic_noise_matrix_passes():
+    matrix = [[0.6, 0.4], [0.1 + 1e-7, 0.9]]  # within the tolerance of 1e-6
+    config = validate_config({"shift": {"noise": "matrix", "noise_matrix": matrix}})
+    assert config.shift.noise_matrix == matrix
+
+
+def test_errors_are_blamed_on_the_override_or_the_file(tmp_path: Path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  epochs: 4\n  warmup_epochs: 2\n  momentum: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.lr=abc", "train.momentum=0.5", "train.epochs=2"])
+    assert str(info.value) == (
+        "--set train.lr=abc: train.lr: Input should be a valid number, unable to parse string as "
+        "a number (got 'abc')"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.epochs=2", "shift.noise=pair"])
+    # an override's noise without a rate, and the file's momentum
+    assert str(info.value) == (
+        "--set shift.noise=pair: shift: noise 'pair' needs noise_rate > 0 (or noise 'none'); "
+        f"{path}: train.momentum: Input should be less than 1 (got 2)"
+    )
+    path.write_text("train:\n  epochs: 4\n  warmup_epochs: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.epochs=2"])
+    assert str(info.value) == (
+        f"{path} with --set train.epochs=2: train: warmup_epochs (2) must be smaller than "
+        "epochs (2)"
+    )

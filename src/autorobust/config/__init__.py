@@ -8,6 +8,8 @@ impossible value is reported with the field's dotted path before any work starts
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +48,26 @@ __all__ = [
 ]
 
 
+def _finite_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse an infinite or NaN number anywhere in a free-form ``options`` mapping (the typed
+    fields refuse them through ``allow_inf_nan=False``; these are checked by their consumers only
+    when the run starts)."""
+
+    def check(value: Any, key: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value}")
+        if isinstance(value, dict):
+            for name, item in value.items():
+                check(item, f"{key}.{name}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                check(item, f"{key}[{index}]")
+
+    for name, value in options.items():
+        check(value, str(name))
+    return options
+
+
 class DataConfig(StrictModel):
     """Which source to read and how to split it (METHODS.md section 1, "Splits")."""
 
@@ -56,6 +78,12 @@ class DataConfig(StrictModel):
     """Clean, class-balanced images per class drawn before the shift: MW-Net's meta set."""
     unlabeled_fraction: float = Field(0.1, gt=0.0, le=1.0)
     """Fraction of the training pool, class-balanced, exposed without labels."""
+
+    _options_finite = field_validator("options")(_finite_options)
+
+
+# Tolerance on the row sums of a noise matrix (as in autorobust.data.shift).
+_ROW_SUM_TOLERANCE = 1e-6
 
 
 class ShiftConfig(StrictModel):
@@ -71,8 +99,34 @@ class ShiftConfig(StrictModel):
     noise: Literal["none", "symmetric", "pair", "matrix"] = "none"
     noise_rate: float = Field(0.0, ge=0.0, lt=1.0)
     noise_matrix: list[list[float]] | None = None
+    """Noise ``matrix``: K x K, row c the distribution of the observed label of clean class c
+    (non-negative, each row summing to 1); K must be the data source's number of classes."""
     include_true_class: bool = False
     """Symmetric noise drawn from all K classes, as MW-Net's code does (real rate p(K-1)/K)."""
+
+    @field_validator("noise_matrix")
+    @classmethod
+    def _row_stochastic(cls, value: list[list[float]] | None) -> list[list[float]] | None:
+        # The same rules and tolerance as autorobust.data.shift.check_transition_matrix, which
+        # this layer cannot import; checked here so that a bad matrix is refused with its field
+        # before any data are read.
+        if value is None:
+            return value
+        size = len(value)
+        if size == 0:
+            raise ValueError("must be a K x K matrix, got an empty list")
+        for row, entries in enumerate(value):
+            if len(entries) != size:
+                raise ValueError(
+                    f"must be square: row {row} has {len(entries)} entries, not {size}"
+                )
+            negative = [entry for entry in entries if entry < 0]
+            if negative:
+                raise ValueError(f"row {row} holds the negative entry {negative[0]:g}")
+            total = math.fsum(entries)
+            if abs(total - 1.0) > _ROW_SUM_TOLERANCE:
+                raise ValueError(f"row {row} sums to {total:.6g}, expected 1")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ShiftConfig:
@@ -89,10 +143,14 @@ class ModelConfig(StrictModel):
     name: str = "small_cnn"
     options: dict[str, Any] = Field(default_factory=dict)
 
+    _options_finite = field_validator("options")(_finite_options)
+
 
 class LossConfig(StrictModel):
     name: str = "cross_entropy"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    _options_finite = field_validator("options")(_finite_options)
 
 
 class AugmentConfig(StrictModel):
@@ -208,8 +266,43 @@ class ExperimentConfig(StrictModel):
         return self.model_dump(mode="json")
 
 
-def _format_validation_error(exc: ValidationError, where: str) -> str:
-    parts = []
+def _holds(raw: Any, loc: Sequence[str | int]) -> bool:
+    """Whether the nested mapping ``raw`` has a value at ``loc``."""
+    for part in loc:
+        in_mapping = isinstance(raw, dict) and part in raw
+        in_list = isinstance(raw, list) and isinstance(part, int) and 0 <= part < len(raw)
+        if not (in_mapping or in_list):
+            return False
+        raw = raw[part]
+    return True
+
+
+def _blame(loc: Sequence[str | int], where: str, file_raw: Any, overrides: Sequence[str]) -> str:
+    """Who set the value at ``loc``: the override that wrote it or a mapping above it (``--set
+    a.b=1``), the file, or both (``x.yaml with --set a.b=1``) when an override changed a part of
+    a value that is checked as a whole (e.g. ``train`` against its ``epochs``)."""
+    path = [str(part) for part in loc]
+    inside = []
+    for item in reversed(overrides):  # the last override of a key is the one that counts
+        key = item.partition("=")[0].split(".")
+        if path[: len(key)] == key:
+            return f"--set {item}"
+        if key[: len(path)] == path:
+            inside.append(f"--set {item}")
+    if not inside:
+        return where
+    if not _holds(file_raw, loc):
+        return inside[0]
+    return f"{where} with {', '.join(reversed(inside))}"
+
+
+def _format_validation_error(
+    exc: ValidationError,
+    where: str,
+    file_raw: Any = None,
+    overrides: Sequence[str] = (),
+) -> str:
+    parts: list[tuple[str, str]] = []
     for error in exc.errors():
         path = ".".join(str(p) for p in error["loc"]) or "<root>"
         message = error["msg"].removeprefix("Value error, ")
@@ -217,18 +310,30 @@ def _format_validation_error(exc: ValidationError, where: str) -> str:
             message = "unknown key"
         elif error["type"] not in ("value_error", "missing") and "input" in error:
             message = f"{message} (got {error['input']!r})"
-        parts.append(f"{path}: {message}")
-    return f"{where}: " + "; ".join(parts)
+        source = _blame(error["loc"], where, file_raw, overrides)
+        if parts and parts[-1][0] == source:
+            parts[-1] = (source, f"{parts[-1][1]}; {path}: {message}")
+        else:
+            parts.append((source, f"{path}: {message}"))
+    return "; ".join(f"{source}: {text}" for source, text in parts)
 
 
-def validate_config(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
-    """Validate a raw dict into an :class:`ExperimentConfig`; raise a one-line ConfigError."""
+def validate_config(
+    raw: dict[str, Any], where: str = "config", *, overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Validate a raw dict into an :class:`ExperimentConfig`; raise a one-line ConfigError.
+
+    ``where`` names the origin of ``raw`` in messages. With ``overrides`` (``a.b=value`` items),
+    ``raw`` is applied them first, and an invalid value one of them set is blamed on it
+    (``--set train.lr=abc: train.lr: ...``) rather than on ``where``.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    merged = apply_overrides(raw, list(overrides)) if overrides else raw
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, where)) from None
+        raise ConfigError(_format_validation_error(exc, where, raw, overrides)) from None
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -292,4 +397,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return validate_config(apply_overrides(raw, overrides or []), where=str(path))
+    return validate_config(raw, where=str(path), overrides=overrides or [])
