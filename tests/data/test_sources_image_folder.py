@@ -129,6 +129,36 @@ def test_csv_naming_an_absent_image_names_the_line(tmp_path: Path) -> None:
         ImageFolderSource(train_csv=csv).load()
 
 
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("../outside.png", "leads outside the image folder"),
+        ("sub/../../outside.png", "leads outside the image folder"),
+        ("{outside}", "is absolute"),
+        ("C:\\data\\outside.png", "is absolute"),
+    ],
+)
+def test_csv_image_paths_must_stay_inside_the_image_folder(
+    tmp_path: Path, name: str, problem: str
+) -> None:
+    images = tmp_path / "images"
+    make_csv_images(images)
+    outside = save(tmp_path / "outside.png", COLOURS["cat"])  # present: it would have been read
+    name = name.format(outside=outside)
+    csv = write_csv(images / "train.csv", f"image,label\nISIC_1,a\n{name},b\n")
+    with pytest.raises(DataError) as info:
+        ImageFolderSource(train_csv=csv, test_fraction=0.5).load()
+    assert str(info.value).startswith(f"{csv} line 3: image path {name!r} {problem}")
+
+
+def test_csv_image_paths_may_name_sub_folders(tmp_path: Path) -> None:
+    save(tmp_path / "a" / "x.png", COLOURS["cat"])
+    save(tmp_path / "b" / "y.png", COLOURS["dog"])
+    csv = write_csv(tmp_path / "train.csv", "image,label\na/x.png,0\na/../b/y.png,1\n./a/x,0\n")
+    data = ImageFolderSource(train_csv=csv, image_size=2, test_fraction=0.34).load()
+    assert len(data.train) + len(data.test) == 3
+
+
 def test_csv_missing_a_column_lists_the_columns(tmp_path: Path) -> None:
     make_csv_images(tmp_path)
     csv = write_csv(tmp_path / "meta.csv", "image_id,diagnosis\nISIC_1,a\n")

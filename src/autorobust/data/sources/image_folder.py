@@ -6,7 +6,7 @@ import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 
 import numpy as np
 
@@ -34,6 +34,27 @@ class _Entries:
     files: list[Path]
     labels: list[str]
     groups: list[str] | None
+
+
+def _check_inside(name: str, image_dir: Path, where: str) -> None:
+    """Refuse an image name that is absolute or climbs out of ``image_dir`` with ``..``.
+
+    A CSV may come from elsewhere than the images; its rows must not make the loader read files
+    outside the image folder. The check is on the name as written (``a/../b.png`` stays inside):
+    symbolic links placed in the folder by its owner are followed.
+    """
+    pure = PurePath(name)
+    if pure.is_absolute() or pure.anchor or PureWindowsPath(name).anchor:
+        raise DataError(
+            f"{where}: image path {name!r} is absolute; name images relative to {image_dir}"
+        )
+    depth = 0
+    for part in pure.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            raise DataError(
+                f"{where}: image path {name!r} leads outside the image folder {image_dir}"
+            )
 
 
 @register_source("image-folder")
@@ -224,6 +245,7 @@ class ImageFolderSource(DataSource):
 
     def _find_image(self, row: dict[str, str | None], image_dir: Path, where: str) -> Path:
         name = self._cell(row, self.image_column, where)
+        _check_inside(name, image_dir, where)
         candidates = [image_dir / name]
         if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
             candidates += [image_dir / f"{name}{ext}" for ext in IMAGE_EXTENSIONS]
