@@ -74,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one configuration")
     _add_config_arguments(train)
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    existing = train.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in the run directory (without it, or --resume, such a "
+        "directory is refused)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="re-evaluate a run directory on its test split")
     evaluate.add_argument("run_dir", help="a run directory written by `autorobust train`")
@@ -133,7 +140,7 @@ def _command_train(args: argparse.Namespace) -> int:
     from autorobust.experiment import train_run
 
     config = _load(args)
-    result = train_run(config, resume=args.resume)
+    result = train_run(config, resume=args.resume, overwrite=args.overwrite)
     _print_test_summary(config.loss.name, result.metrics)
     print(f"wrote {result.run_dir / 'metrics.json'}")
     return 0
@@ -180,7 +187,10 @@ def _run_search(
 
 
 def _command_search(args: argparse.Namespace) -> int:
+    from autorobust.experiment import check_config
+
     config = _load(args)
+    check_config(config)  # unknown names are refused before a study or folder is created
     updates = {
         "storage": args.storage,
         "study_name": args.study_name,

@@ -47,7 +47,8 @@ def run_demo(run_dir: Path, *, progress: bool = True) -> str:
             }
         )
         print(f"training {loss} ...")
-        rows.append(_row(loss, train_run(run, splits=splits).metrics))
+        # the demo's runs are replaced each time it runs
+        rows.append(_row(loss, train_run(run, splits=splits, overwrite=True).metrics))
     print(f"searching the baseline losses ({config.search.n_trials} TPE trials) ...")
     search_config = config.model_copy(update={"run_dir": str(run_dir / "search")})
     outcome = run_search(search_config, default_study_name="demo-baseline", splits=splits)

@@ -6,14 +6,20 @@ This is the glue the CLI and every search call; it owns the layout of a run dire
     run_dir/data.json       split sizes, class counts and the realised noise rate
     run_dir/checkpoint.pt   the last finished epoch (atomic; ``--resume`` continues from it)
     run_dir/metrics.json    validation and test metrics of the selected epoch, and the history
+
+Everything a config names (source, model, loss, method, their options, the noise matrix) is checked
+before the run directory is created; a directory created by a run that fails before its first
+checkpoint is removed again, and a directory holding a run is never overwritten silently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,23 +28,26 @@ import numpy as np
 import torch
 import yaml
 
-from autorobust._io import exclusive_directory, write_json, write_text
+from autorobust._io import exclusive_directory, missing_directories, write_json, write_text
 from autorobust.config import ExperimentConfig, validate_config
-from autorobust.data.base import create_source
+from autorobust.data.base import SOURCES, create_source
 from autorobust.data.splits import Splits, make_splits
 from autorobust.data.tensors import Normalization, images_to_tensor, resolve_device
-from autorobust.errors import AutorobustError
+from autorobust.errors import AutorobustError, ConfigError
 from autorobust.losses import ClassificationLoss, create_loss
+from autorobust.losses.registry import loss_hyperparameter_names
 from autorobust.models import Classifier, create_model
+from autorobust.models.registry import model_option_names
 from autorobust.train.metrics import classification_metrics
-from autorobust.train.registry import create_trainer
-from autorobust.train.trainer import EpochRecord, load_checkpoint, predict
+from autorobust.train.registry import TRAINERS, create_trainer
+from autorobust.train.trainer import CHECKPOINT_NAME, EpochRecord, load_checkpoint, predict
 
 __all__ = [
     "RunResult",
     "build_loss",
     "build_model",
     "build_splits",
+    "check_config",
     "config_fingerprint",
     "evaluate_run",
     "load_run_config",
@@ -62,12 +71,55 @@ class RunResult:
         return self.metrics["test"]
 
 
+def _unknown_options(given: dict[str, Any], accepted: list[str], field: str, what: str) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{field}: {what} has no option {unknown[0]!r}; accepted: "
+            f"{', '.join(accepted) or '(none)'}"
+        )
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Check every name a config gives against the registries, without reading data or writing.
+
+    The data source and its options (a source's constructor does no work, so its option values
+    are checked too), the model, the loss and their option names, and the training method.
+
+    Raises:
+        AutorobustError: one line that starts with the field, e.g. ``model.name: unknown model
+            'vgg'; valid: ...`` or ``loss.options: loss 'focal' has no option 'gama'; ...``.
+    """
+    import autorobust.data.sources  # noqa: F401 - registers the sources
+
+    def field(path: str, check: Callable[[], Any]) -> Any:
+        try:
+            return check()
+        except AutorobustError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+
+    field("data.source", lambda: SOURCES.get(config.data.source))
+    field("data.options", lambda: create_source(config.data.source, **config.data.options))
+    model, loss = config.model, config.loss
+    accepted = field("model.name", lambda: model_option_names(model.name))
+    _unknown_options(model.options, accepted, "model.options", f"model {model.name!r}")
+    accepted = field("loss.name", lambda: loss_hyperparameter_names(loss.name))
+    _unknown_options(loss.options, accepted, "loss.options", f"loss {loss.name!r}")
+    field("method", lambda: TRAINERS.get(config.method))
+
+
 def build_splits(config: ExperimentConfig) -> Splits:
     """Load the configured source and apply the configured shift (seeded by ``config.seed``)."""
     import autorobust.data.sources  # noqa: F401 - registers the sources
 
     source = create_source(config.data.source, **config.data.options).load()
     shift = config.shift
+    matrix = shift.noise_matrix
+    if matrix is not None and len(matrix) != source.num_classes:
+        raise ConfigError(
+            f"shift.noise_matrix: is {len(matrix)} x {len(matrix)}, but data source "
+            f"{config.data.source!r} has {source.num_classes} classes"
+        )
     return make_splits(
         source,
         meta_per_class=config.data.meta_per_class,
@@ -136,16 +188,23 @@ def train_run(
     config: ExperimentConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks: Sequence[Callable[[EpochRecord], None]] = (),
     splits: Splits | None = None,
     evaluate_test: bool = True,
 ) -> RunResult:
     """Train ``config`` in ``config.run_dir`` and write config, data summary and metrics there.
 
+    The config is checked, the splits built and the model, loss and trainer created before the
+    run directory is created or anything is written to it. When the run fails before its first
+    checkpoint, a run directory (and parent folders) this call created is removed again.
+
     Args:
         config: the validated run configuration.
         resume: continue from the run directory's checkpoint (an error if it belongs to another
-            configuration).
+            configuration); a finished run trains no more and rewrites its metrics.
+        overwrite: replace a run already in the directory: its checkpoint and metrics are
+            deleted before training starts.
         callbacks: per-epoch callbacks (a search reports and prunes through them).
         splits: pre-built splits (a search builds them once for all trials); None: build them.
         evaluate_test: measure the test split; a search trial passes False so that nothing of the
@@ -153,24 +212,20 @@ def train_run(
 
     Returns:
         The run directory and the metrics written to ``metrics.json``.
+
+    Raises:
+        AutorobustError: an invalid config, data or setting; the directory holds a run
+            (``checkpoint.pt`` or ``metrics.json``) and neither ``resume`` nor ``overwrite`` is
+            set; the directory is in use by another process; a file cannot be written.
+        ValueError: both ``resume`` and ``overwrite``.
     """
-    with exclusive_directory(config.run_dir) as run_dir:
-        return _train_locked(config, run_dir, resume, callbacks, splits, evaluate_test)
-
-
-def _train_locked(
-    config: ExperimentConfig,
-    run_dir: Path,
-    resume: bool,
-    callbacks: Sequence[Callable[[EpochRecord], None]],
-    splits: Splits | None,
-    evaluate_test: bool,
-) -> RunResult:
+    if resume and overwrite:
+        raise ValueError("train_run: resume and overwrite exclude each other")
+    check_config(config)
     device = resolve_device(config.device)
     started = time.perf_counter()
     splits = build_splits(config) if splits is None else splits
-    write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    write_json(run_dir / DATA_NAME, splits.summary())
+    run_dir = Path(config.run_dir)
     trainer = create_trainer(
         config.method,
         config,
@@ -185,45 +240,99 @@ def _train_locked(
         fingerprint=config_fingerprint(config),
     )
     train_data, val_data = trainer.fit_data(splits)
-    result = trainer.fit(train_data, val_data, resume=resume)
-    counts = splits.train_class_counts
-    metrics: dict[str, Any] = {
-        "run": {
-            "seed": config.seed,
-            "device": str(device),
-            "model": config.model.name,
-            "loss": config.loss.name,
-            "epochs": trainer.settings.epochs,
-            "best_epoch": result.best_epoch,
-            "wall_time_s": time.perf_counter() - started,
-            "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
-        },
-        "data": splits.summary(),
-        "validation": _evaluate(
-            result.model,
-            trainer.normalize,
-            splits.meta.images,
-            splits.meta.labels,
-            splits.num_classes,
-            device,
-        ),
-        "history": [record.to_dict() for record in result.history],
-    }
-    method_metrics = trainer.extra_metrics(train_data)
-    if method_metrics:
-        metrics["method"] = method_metrics
-    if evaluate_test:
-        metrics["test"] = _evaluate(
-            result.model,
-            trainer.normalize,
-            splits.test.images,
-            splits.test.labels,
-            splits.num_classes,
-            device,
-            counts,
-        )
-    write_json(run_dir / METRICS_NAME, metrics)
+    with _run_directory(run_dir, resume=resume, overwrite=overwrite):
+        write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_json(run_dir / DATA_NAME, splits.summary())
+        result = trainer.fit(train_data, val_data, resume=resume)
+        counts = splits.train_class_counts
+        metrics: dict[str, Any] = {
+            "run": {
+                "seed": config.seed,
+                "device": str(device),
+                "model": config.model.name,
+                "loss": config.loss.name,
+                "epochs": trainer.settings.epochs,
+                "best_epoch": result.best_epoch,
+                "wall_time_s": time.perf_counter() - started,
+                "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
+            },
+            "data": splits.summary(),
+            "validation": _evaluate(
+                result.model,
+                trainer.normalize,
+                splits.meta.images,
+                splits.meta.labels,
+                splits.num_classes,
+                device,
+            ),
+            "history": [record.to_dict() for record in result.history],
+        }
+        method_metrics = trainer.extra_metrics(train_data)
+        if method_metrics:
+            metrics["method"] = method_metrics
+        if evaluate_test:
+            metrics["test"] = _evaluate(
+                result.model,
+                trainer.normalize,
+                splits.test.images,
+                splits.test.labels,
+                splits.num_classes,
+                device,
+                counts,
+            )
+        write_json(run_dir / METRICS_NAME, metrics)
     return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+@contextmanager
+def _run_directory(run_dir: Path, *, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Hold ``run_dir`` (created if needed, locked) for one training run.
+
+    Without ``resume`` or ``overwrite``, a directory holding a run is refused (before the lock
+    file is created, and again under the lock). With ``overwrite``, that run's checkpoint and
+    metrics are deleted. If the block fails before a checkpoint exists, the folders this call
+    created are removed again, so a refused or failed run leaves nothing behind.
+    """
+    fresh = not resume and not overwrite
+    if fresh:
+        _refuse_existing_run(run_dir)
+    created = missing_directories(run_dir)
+    with exclusive_directory(run_dir):
+        try:
+            if fresh:
+                _refuse_existing_run(run_dir)
+            if overwrite:
+                for name in (CHECKPOINT_NAME, METRICS_NAME):
+                    (run_dir / name).unlink(missing_ok=True)
+            yield run_dir
+        except BaseException:
+            # Removed while the lock is held, so no other run can have started in it meanwhile.
+            if created and not (run_dir / CHECKPOINT_NAME).exists():
+                _remove_created(created)
+            raise
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / METRICS_NAME).is_file():
+        held = f"a finished run ({METRICS_NAME})"
+    elif (run_dir / CHECKPOINT_NAME).is_file():
+        held = f"an unfinished run ({CHECKPOINT_NAME})"
+    else:
+        return
+    raise AutorobustError(
+        f"{run_dir}: holds {held}; pass --resume to continue it, --overwrite to replace it, "
+        "or choose another --run-dir"
+    )
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the run directory (the last of ``created``) and the parents created with it."""
+    shutil.rmtree(created[-1], ignore_errors=True)
+    for folder in reversed(created[:-1]):
+        try:
+            folder.rmdir()
+        except OSError:  # another process put something there meanwhile: keep it
+            break
 
 
 def load_run_config(run_dir: str | Path) -> ExperimentConfig:

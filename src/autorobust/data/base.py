@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,10 +116,19 @@ def register_source(name: str):
 def create_source(name: str, **options: Any) -> DataSource:
     """Instantiate the source registered as ``name`` with keyword ``options`` (e.g. ``root``)."""
     cls = SOURCES.get(name)
-    try:
-        return cls(**options)
-    except TypeError as exc:  # an unknown option: name it instead of a Python signature error
-        raise DataError(f"data source {name!r}: {exc}") from None
+    accepted = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and p.name != "self"
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:  # name it instead of a Python signature error
+        raise DataError(
+            f"data source {name!r}: unknown option {unknown[0]!r}; accepted: "
+            f"{', '.join(accepted) or '(none)'}"
+        )
+    return cls(**options)
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: Path | str) -> np.ndarray:

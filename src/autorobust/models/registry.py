@@ -10,7 +10,7 @@ from autorobust._registry import Registry
 from autorobust.errors import ConfigError
 from autorobust.models.base import Classifier, _check_positive_int
 
-__all__ = ["MODELS", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "create_model", "list_models", "model_option_names", "register_model"]
 
 ModelFactory = Callable[..., Classifier]
 
@@ -29,6 +29,16 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 def list_models() -> list[str]:
     """Names of the registered models, sorted."""
     return MODELS.names()
+
+
+def model_option_names(name: str) -> list[str]:
+    """The options (keyword arguments besides ``num_classes`` and ``in_channels``) that the model
+    registered as ``name`` accepts, in signature order.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered; the message lists the valid names.
+    """
+    return _option_names(MODELS.get(name))
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int, **kwargs: Any) -> Classifier:

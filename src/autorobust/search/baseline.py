@@ -119,7 +119,8 @@ def run_search(
         best_config = space.apply(config, point).model_copy(
             update={"run_dir": str(run_dir / "best")}
         )
-        retrained = train_run(best_config, splits=splits)
+        # a rerun of the search retrains its best trial afresh
+        retrained = train_run(best_config, splits=splits, overwrite=True)
     return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
 
 

@@ -222,7 +222,9 @@ def run_search(
         raw["train"]["augment"]["class_strength"] = learned["augment_class_strength"]
         raw["method"] = "erm"
         raw["run_dir"] = str(run_dir / "best")
-        retrained = train_run(validate_config(raw, where="learned loss"), splits=splits)
+        # a rerun of the search retrains the learned loss afresh
+        learned_config = validate_config(raw, where="learned loss")
+        retrained = train_run(learned_config, splits=splits, overwrite=True)
         if splits.test.groups is not None:
             retrained = _add_fairness(retrained, splits, config)
     return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)

@@ -244,7 +244,9 @@ def run_search(
     )
     retrained = None
     if retrain:
-        retrained = train_run(evaluation_config(config, genotype, run_dir / "best"), splits=splits)
+        # a rerun of the search retrains its best cell afresh
+        best_config = evaluation_config(config, genotype, run_dir / "best")
+        retrained = train_run(best_config, splits=splits, overwrite=True)
     return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
 
 

@@ -218,7 +218,8 @@ def run_search(
             "val_balanced_accuracy": best["value"],
         },
     )
-    retrained = train_run(best_config, splits=splits) if retrain else None
+    # a rerun of the search retrains its best trial afresh
+    retrained = train_run(best_config, splits=splits, overwrite=True) if retrain else None
     return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
 
 

@@ -206,14 +206,18 @@ class Genotype:
         for key in ("normal", "reduce"):
             if key not in data:
                 raise GenotypeError(f"{where}: missing key {key!r}")
+            cell = data[key]
+            if not isinstance(cell, (list, tuple)) or not all(isinstance(op, str) for op in cell):
+                raise GenotypeError(
+                    f"{where}: {key} must be a list of operation names, got {cell!r}"
+                )
         normal = data["normal"]
         nodes = data.get("nodes")
         if nodes is None:
-            nodes = _nodes_for_length(len(normal)) if isinstance(normal, (list, tuple)) else None
+            nodes = _nodes_for_length(len(normal))
             if nodes is None:
-                length = len(normal) if isinstance(normal, (list, tuple)) else normal
                 raise GenotypeError(
-                    f"{where}: normal has {length!r} operations, not N (N + 3) / 2 for any N"
+                    f"{where}: normal has {len(normal)} operations, not N (N + 3) / 2 for any N"
                 )
         genotype = object.__new__(cls)
         object.__setattr__(genotype, "normal", normal)
