@@ -47,6 +47,16 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="run directory (overrides run_dir in the config)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides device")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_threads_argument(parser)
+
+
+def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        metavar="N",
+        help="torch CPU threads: a number, or auto (the default: OMP_NUM_THREADS if set, else "
+        "the cores divided among the autorobust processes training on this machine)",
+    )
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a two-minute tour on the bundled digits data")
     demo.add_argument("--run-dir", default="runs/demo", help="where the demo writes its runs")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_threads_argument(demo)
     return parser
 
 
@@ -118,7 +129,13 @@ def _load(args: argparse.Namespace):
         overrides.append(f"device={args.device}")
     if args.no_progress:
         overrides.append("train.progress=false")
-    return load_config(args.config, overrides)
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
+    config = load_config(args.config, overrides)
+    from autorobust.train.threads import apply_threads
+
+    apply_threads(config.train.threads)  # before any work; every training run applies it again
+    return config
 
 
 def _format(value: float | None) -> str:
@@ -236,7 +253,7 @@ def _command_datasets(args: argparse.Namespace) -> int:
 def _command_demo(args: argparse.Namespace) -> int:
     from autorobust.demo import run_demo
 
-    run_demo(Path(args.run_dir), progress=not args.no_progress)
+    run_demo(Path(args.run_dir), progress=not args.no_progress, threads=args.threads)
     return 0
 
 

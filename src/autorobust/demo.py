@@ -27,9 +27,15 @@ def _row(name: str, metrics: dict[str, Any]) -> str:
     )
 
 
-def run_demo(run_dir: Path, *, progress: bool = True) -> str:
-    """Run the demo into ``run_dir``; return the markdown summary table (also printed)."""
+def run_demo(run_dir: Path, *, progress: bool = True, threads: int | str | None = None) -> str:
+    """Run the demo into ``run_dir``; return the markdown summary table (also printed).
+
+    ``threads``: torch's CPU threads (an integer or ``"auto"``); None keeps the config's
+    ``train.threads``.
+    """
     overrides = [f"run_dir={run_dir}", f"train.progress={str(progress).lower()}"]
+    if threads is not None:
+        overrides.append(f"train.threads={threads}")
     config = load_config("demo", overrides)
     splits = build_splits(config)
     summary = splits.summary()

@@ -40,6 +40,7 @@ from autorobust.models import Classifier, create_model
 from autorobust.models.registry import model_option_names
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.registry import TRAINERS, create_trainer
+from autorobust.train.threads import apply_threads
 from autorobust.train.trainer import CHECKPOINT_NAME, EpochRecord, load_checkpoint, predict
 
 __all__ = [
@@ -156,11 +157,13 @@ def build_loss(config: ExperimentConfig, splits: Splits) -> ClassificationLoss:
 
 
 def config_fingerprint(config: ExperimentConfig) -> str:
-    """Hash of everything that determines the trained weights (not run_dir, device or progress)."""
+    """Hash of everything that determines the trained weights (not run_dir, device, progress or
+    threads)."""
     relevant = config.to_dict()
     for key in ("run_dir", "device", "search"):
         relevant.pop(key)
     relevant["train"].pop("progress")
+    relevant["train"].pop("threads")  # changes the last bits at most, like the device
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -223,6 +226,7 @@ def train_run(
         raise ValueError("train_run: resume and overwrite exclude each other")
     check_config(config)
     device = resolve_device(config.device)
+    apply_threads(config.train.threads)  # again for every run: workers may have come or gone
     started = time.perf_counter()
     splits = build_splits(config) if splits is None else splits
     run_dir = Path(config.run_dir)

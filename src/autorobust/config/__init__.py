@@ -191,6 +191,20 @@ class TrainConfig(StrictModel):
     """Linear learning-rate warm-up over the first epochs (LDAM and AutoBalance use 5)."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     progress: bool = True
+    threads: int | Literal["auto"] = "auto"
+    """CPU threads of torch: an integer >= 1, or ``auto``: ``OMP_NUM_THREADS`` if set, else this
+    machine's cores divided among the autorobust processes training on it now (at least 1; see
+    :mod:`autorobust.train.threads`), so that several workers on one machine do not
+    oversubscribe it. ``--threads N`` on the command line sets it."""
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads_positive(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+            return int(value)
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {value!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
