@@ -3,7 +3,8 @@
 The server runs from a fresh temporary folder, listens on 127.0.0.1 only, on a free port, with
 trust authentication, and is stopped with ``pg_ctl stop -m immediate`` and deleted afterwards.
 ``initdb`` refuses to run as root, so under root the server runs as the ``postgres`` user that the
-Debian package creates (or ``nobody``). Tests are skipped only when the binaries are missing.
+Debian package creates (or ``nobody``). Tests are skipped, saying why, when the Python driver
+(``psycopg``, the ``postgres`` extra) or the server binaries are missing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,13 @@ def _run(cmd: list[str], *, user: str | None, cwd: Path) -> subprocess.Completed
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL ``postgresql+psycopg://autorobust@127.0.0.1:PORT/autorobust_test`` of a fresh server."""
+    try:
+        import psycopg  # noqa: F401 - only whether it imports
+    except ImportError as error:
+        pytest.skip(
+            f"the PostgreSQL driver psycopg is not installed ({error}); install it with "
+            "pip install -e '.[postgres]'"
+        )
     bin_dir = _postgres_bin_dir()
     if bin_dir is None:
         pytest.skip(
@@ -119,3 +128,21 @@ def postgres_url() -> Iterator[str]:
                 user=user, cwd=root,
             )  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def new_postgres_database(postgres_url: str) -> Callable[[], str]:
+    """``new_postgres_database()``: the URL of a new, empty database on the test server."""
+    import sqlalchemy
+
+    def create() -> str:
+        name = f"fresh_{uuid.uuid4().hex[:12]}"
+        engine = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+    return create

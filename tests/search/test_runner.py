@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
+import sqlalchemy.exc
 
 from autorobust.errors import AutorobustError, ConfigError, UnknownNameError
 from autorobust.search.runner import (
     SearchSettings,
+    _is_creation_race,
     best_trial_summary,
     create_sampler,
     open_study,
     redact_url,
     run_study,
     study_state_counts,
+    take_over_trial_dir,
 )
 from autorobust.search.samplers import FractionGamma, create_pruner
 
@@ -200,7 +205,9 @@ def test_keyboard_interrupt_propagates_and_study_resumes(tmp_path: Path) -> None
     assert states(study) == ["COMPLETE", "COMPLETE", "FAIL"] + ["COMPLETE"] * 3
 
 
-def test_abandoned_running_trial_is_failed_and_retried(tmp_path: Path) -> None:
+def test_abandoned_running_trial_is_failed_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A worker killed between creating its trial and starting the objective leaves it RUNNING.
     settings = SearchSettings(
         study_name="dead", n_trials=3, sampler="random", seed=0,
@@ -209,12 +216,137 @@ def test_abandoned_running_trial_is_failed_and_retried(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="Heartbeat of storage is supposed to be used with"):
         abandoned = open_study(settings, tmp_path).ask()
     x = abandoned.suggest_float("x", -3.0, 3.0)
-    study = run_study(quadratic, settings, tmp_path)
+    with caplog.at_level(logging.INFO, logger="autorobust.search.runner"):
+        study = run_study(quadratic, settings, tmp_path)
     trials = study.trials
     assert states(study) == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     # The retry is the last trial: it waits until the abandoned trial's heartbeat goes stale.
     assert trials[3].system_attrs["failed_trial"] == 0
     assert trials[3].params == {"x": x}
+    reason = "worker stopped sending heartbeats (killed?): none for more than 2 s"
+    assert trials[0].user_attrs == {"fail_reason": reason}
+    assert "fail_reason" not in trials[3].user_attrs
+    # While waiting, the worker said for which trial and how much of the grace period was left.
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    waits = [m for m in messages if m.startswith("waiting for")]
+    assert len(waits) == 1, messages
+    assert re.fullmatch(
+        r"waiting for trial 0, running in other workers \(last heartbeat: \d+ s ago\); if a "
+        r"worker is dead, its trial is retried once it has sent no heartbeat for 2 s: in [012] s "
+        r"at the earliest",
+        waits[0],
+    )
+    assert f"trial 0 failed: {reason}; queued a copy with the same parameters (retry 1 of 3)" in (
+        messages
+    )
+
+
+def test_retried_trial_takes_over_the_dead_trials_folder(tmp_path: Path) -> None:
+    settings = SearchSettings(
+        study_name="folder", n_trials=2, sampler="random", seed=0,
+        heartbeat_interval=1, grace_period=2, timeout=60,
+    )  # fmt: skip
+
+    def folder(number: int) -> Path:
+        return tmp_path / "trials" / f"trial-{number:04d}"
+
+    with pytest.warns(UserWarning, match="Heartbeat of storage is supposed to be used with"):
+        abandoned = open_study(settings, tmp_path).ask()
+    abandoned.suggest_float("x", -3.0, 3.0)
+    folder(0).mkdir(parents=True)
+    (folder(0) / "checkpoint.pt").write_text("epoch 2")
+    (folder(0) / ".checkpoint.pt.x1y2z3.tmp").write_text("half a checkp")  # a killed write
+    seen = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        taken = take_over_trial_dir(trial, folder(trial.number), folder)
+        seen[trial.number] = (taken, sorted(p.name for p in folder(trial.number).glob("*")))
+        return quadratic(trial)
+
+    study = run_study(objective, settings, tmp_path)
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
+    # Trial 1 is new; trial 2 repeats trial 0 and continues in its folder, the partial write gone.
+    assert seen == {1: (None, []), 2: (0, ["checkpoint.pt"])}
+    assert not folder(0).exists()
+    assert (folder(2) / "checkpoint.pt").read_text() == "epoch 2"
+    assert study.trials[2].user_attrs == {"resumed_from_trial": 0}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")
+def test_workers_sharing_a_seed_propose_different_trials(tmp_path: Path) -> None:
+    # Two workers open a fresh study at the same moment with the same seed, as the same command
+    # started on two machines does; then the same again in another storage.
+    proposals = []
+    for name in ("a", "b"):
+        settings = SearchSettings(study_name="shared", n_trials=4, sampler="tpe", seed=5)
+        first, second = open_study(settings, tmp_path / name), open_study(settings, tmp_path / name)
+        xs = []
+        for study in (first, second, first, second):
+            trial = study.ask()
+            xs.append(trial.suggest_float("x", -3.0, 3.0))
+            study.tell(trial, -((xs[-1] - 1.0) ** 2))
+        proposals.append(xs)
+    assert len(set(proposals[0])) == 4  # every worker proposed its own point
+    assert proposals[0] == proposals[1]  # and the whole search is reproducible
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_resumed_study_proposes_what_an_uninterrupted_one_does(
+    tmp_path: Path, sampler: str
+) -> None:
+    def xs(study: optuna.Study) -> list[float]:
+        return [trial.params["x"] for trial in study.trials]
+
+    settings = {"sampler": sampler, "seed": 11, "n_startup_trials": 3}
+    whole = run_study(quadratic, SearchSettings(study_name="s", n_trials=7, **settings), tmp_path)
+    part = SearchSettings(study_name="s", n_trials=4, **settings)
+    run_study(quadratic, part, tmp_path / "resumed")
+    resumed = run_study(
+        quadratic, SearchSettings(study_name="s", n_trials=7, **settings), tmp_path / "resumed"
+    )
+    assert xs(resumed) == xs(whole)
+    assert len(set(xs(whole))) == 7
+
+
+def test_pruner_warmup_and_startup_trials(tmp_path: Path) -> None:
+    # Every trial reports 6 steps; a later trial is worse at every step than all earlier ones,
+    # so the median pruner stops it as soon as it is allowed to.
+    def worse_each_trial(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)
+        for step in range(6):
+            trial.report(-trial.number - 0.1 * step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(-trial.number)
+
+    settings = SearchSettings(
+        study_name="warm", n_trials=6, sampler="random", seed=0,
+        pruner_startup_trials=2, pruner_warmup_steps=3,
+    )  # fmt: skip
+    study = run_study(worse_each_trial, settings, tmp_path)
+    assert states(study) == ["COMPLETE", "COMPLETE"] + ["PRUNED"] * 4
+    # Pruned at step 3, the first after the warm-up, never earlier.
+    assert [max(t.intermediate_values) for t in study.trials[2:]] == [3, 3, 3, 3]
+    pruner = create_pruner("median", startup_trials=2, warmup_steps=3)
+    assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (2, 3)
+    with pytest.raises(ConfigError, match=r"pruner_warmup_epochs: expected an integer >= 0"):
+        create_pruner("median", warmup_steps=-1)
+
+
+def test_creation_races_are_told_from_other_errors(tmp_path: Path) -> None:
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE studies (id INTEGER PRIMARY KEY)")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as exists, engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE studies (id INTEGER PRIMARY KEY)")
+    with pytest.raises(sqlalchemy.exc.IntegrityError) as duplicate, engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO studies VALUES (1), (1)")
+    missing = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as unreachable, missing.connect():
+        pass
+    assert _is_creation_race(exists.value)
+    assert _is_creation_race(duplicate.value)
+    assert not _is_creation_race(unreachable.value)
 
 
 def test_directions_mismatch_is_a_config_error(tmp_path: Path) -> None:

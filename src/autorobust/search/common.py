@@ -2,34 +2,51 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, SearchConfig
 from autorobust.data.splits import Splits
 from autorobust.errors import AutorobustError
-from autorobust.experiment import RunResult, train_run
-from autorobust.search.runner import SearchSettings, best_trial_summary
-from autorobust.train.trainer import EpochRecord
+from autorobust.experiment import RunResult, config_fingerprint, train_run
+from autorobust.search.runner import (
+    SearchSettings,
+    best_trial_summary,
+    remove_partial_writes,
+    take_over_trial_dir,
+)
+from autorobust.train.trainer import CHECKPOINT_NAME, EpochRecord, load_checkpoint
 
 __all__ = [
+    "RESUMED_FROM_EPOCH_ATTR",
     "SearchOutcome",
     "finish_study",
     "prune_if_hopeless",
+    "remove_stale_trial_files",
     "search_settings",
     "train_trial",
     "trial_dir",
 ]
 
+_LOG = logging.getLogger(__name__)
+
+RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"
+"""User attribute of a retried trial: the epoch its dead predecessor's checkpoint held."""
+
 
 def trial_dir(run_dir: Path, number: int) -> Path:
     """The run directory of trial ``number`` of the study in ``run_dir``."""
-    return Path(run_dir) / "trials" / f"trial-{number:04d}"
+    return Path(run_dir) / "trials" / _TRIAL_NAME.format(number)
+
+
+_TRIAL_NAME = "trial-{:04d}"
 
 
 def prune_if_hopeless(trial: optuna.Trial, value: float, step: int) -> None:
@@ -44,14 +61,72 @@ def train_trial(trial: optuna.Trial, config: ExperimentConfig, splits: Splits) -
 
     The validation balanced accuracy of every epoch goes to the pruner; the test split is not
     evaluated; the checkpoint is deleted afterwards so a study's disk use stays flat.
+
+    A retry of a trial whose worker died resumes it: it takes over the dead trial's directory
+    (:func:`~autorobust.search.runner.take_over_trial_dir`, which also deletes partial writes),
+    reports the epochs its checkpoint holds to the pruner again, records the epoch it resumes at
+    in the user attribute ``"resumed_from_epoch"``, and trains only the remaining epochs. A
+    checkpoint of another configuration, or one that cannot be read, is deleted and the trial
+    starts afresh.
     """
+    directory = Path(config.run_dir)
+    taken = take_over_trial_dir(
+        trial, directory, lambda number: directory.with_name(_TRIAL_NAME.format(number))
+    )
+    resume = taken is not None and _report_checkpoint(trial, config)
 
     def report(record: EpochRecord) -> None:
         prune_if_hopeless(trial, record.val_balanced_accuracy, record.epoch)
 
-    result = train_run(config, callbacks=[report], splits=splits, evaluate_test=False)
-    (Path(config.run_dir) / "checkpoint.pt").unlink(missing_ok=True)
+    result = train_run(
+        config, resume=resume, callbacks=[report], splits=splits, evaluate_test=False
+    )
+    (directory / CHECKPOINT_NAME).unlink(missing_ok=True)
     return result
+
+
+def _report_checkpoint(trial: optuna.Trial, config: ExperimentConfig) -> bool:
+    """Report the epochs in the trial directory's checkpoint; False (and deleted) if unusable."""
+    path = Path(config.run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    try:
+        checkpoint = load_checkpoint(path)
+    except AutorobustError as error:
+        _LOG.warning("trial %d starts afresh: %s", trial.number, error)
+        path.unlink(missing_ok=True)
+        return False
+    if checkpoint.get("fingerprint") != config_fingerprint(config):
+        _LOG.warning(
+            "trial %d starts afresh: %s was written by another configuration", trial.number, path
+        )
+        path.unlink(missing_ok=True)
+        return False
+    for record in checkpoint["history"]:
+        trial.report(record["val_balanced_accuracy"], record["epoch"])
+    trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, int(checkpoint["epoch"]))
+    _LOG.info("trial %d resumes at epoch %d", trial.number, checkpoint["epoch"])
+    return True
+
+
+def remove_stale_trial_files(study: optuna.Study, run_dir: Path) -> list[Path]:
+    """Delete the checkpoints and partial writes left in the directories of failed trials.
+
+    A failed trial (its worker died, or it raised, or was interrupted) keeps its last checkpoint
+    so that a retry can resume from it; once the study is finished no retry will, and the files
+    only take disk space. Returns the files deleted.
+    """
+    removed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        directory = trial_dir(run_dir, trial.number)
+        if not directory.is_dir():
+            continue
+        removed += remove_partial_writes(directory)
+        checkpoint = directory / CHECKPOINT_NAME
+        if checkpoint.is_file():
+            checkpoint.unlink(missing_ok=True)
+            removed.append(checkpoint)
+    return removed
 
 
 def finish_study(study: optuna.Study, run_dir: Path, **extra: Any) -> dict[str, Any]:
@@ -61,6 +136,7 @@ def finish_study(study: optuna.Study, run_dir: Path, **extra: Any) -> dict[str, 
         AutorobustError: the study holds no completed trial.
     """
     summary = {**best_trial_summary(study), **extra}
+    remove_stale_trial_files(study, Path(run_dir))
     write_json(Path(run_dir) / "search.json", summary)
     if summary["best_trial"] is None:
         raise AutorobustError(
@@ -85,12 +161,14 @@ def search_settings(
         sampler=search.sampler,
         n_trials=search.n_trials,
         timeout=search.timeout,
-        seed=None,
+        seed=search.seed,
         n_startup_trials=search.n_startup_trials,
         n_ei_candidates=search.n_ei_candidates,
         gamma=search.gamma,
         multivariate=search.multivariate,
         pruner=search.pruner,
+        pruner_startup_trials=search.pruner_startup_trials,
+        pruner_warmup_steps=search.pruner_warmup_epochs,
         directions=directions,
         heartbeat_interval=search.heartbeat_interval,
         max_retry=search.max_retry,

@@ -7,6 +7,10 @@ number of worker processes, on any number of machines, can share one PostgreSQL 
 
 Guarantees of :func:`run_study`, across workers and restarts:
 
+- Workers may start at the same instant on a fresh storage: the schema and the study are created
+  once (under a PostgreSQL advisory lock, or an ``flock`` on the SQLite file's folder), and an
+  open that still loses a creation race (a unique violation, "table ... already exists") is
+  retried.
 - It stops once the study holds ``n_trials`` *finished* trials, where finished means COMPLETE or
   PRUNED (a pruned trial was evaluated and judged; it consumed its budget). FAIL trials do not
   count, and never more than ``n_trials`` trials finish, however many workers race (see
@@ -14,8 +18,13 @@ Guarantees of :func:`run_study`, across workers and restarts:
 - A trial that raises an ``Exception`` or returns NaN ends as FAIL, with a one-line reason in the
   user attribute ``"fail_reason"`` and a one-line warning in the log; the study goes on.
 - A worker killed outright (SIGKILL, power loss) stops sending heartbeats; after ``grace_period``
-  seconds another worker marks its trial FAIL and queues a copy with the same parameters (up to
-  ``max_retry`` times), so the budget is still met.
+  seconds another worker marks its trial FAIL, with the reason ``worker stopped sending
+  heartbeats (killed?) ...``, and queues a copy with the same parameters (up to ``max_retry``
+  times), so the budget is still met. :func:`take_over_trial_dir` gives the copy the dead trial's
+  folder, so that it can resume from the dead trial's checkpoint.
+- While the rest of the budget is held by running trials of other (possibly dead) workers, a
+  worker logs which trials it waits for, how long ago each sent its last heartbeat and how many
+  seconds of the grace period remain, instead of waiting silently.
 - Ctrl-C (``KeyboardInterrupt``) marks the running trial FAIL and propagates; running the same
   command again resumes the study by name.
 
@@ -27,9 +36,13 @@ one-line ones; the tracebacks of failed trials are logged at DEBUG on this modul
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import json
 import logging
 import math
+import os
+import random
 import re
 import time
 import warnings
@@ -38,32 +51,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import optuna
+import sqlalchemy
 import sqlalchemy.engine
 import sqlalchemy.event
 import sqlalchemy.exc
+import sqlalchemy.pool
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from autorobust.errors import AutorobustError, ConfigError, UnknownNameError
-from autorobust.search.samplers import create_pruner, create_sampler, pruner_names, sampler_names
+from autorobust.search.samplers import (
+    TrialSeededSampler,
+    create_pruner,
+    create_sampler,
+    pruner_names,
+    sampler_names,
+)
 
 __all__ = [
     "FAIL_REASON_ATTR",
+    "RESUMED_FROM_ATTR",
     "SearchSettings",
     "best_trial_summary",
     "create_sampler",
     "open_study",
     "redact_url",
+    "remove_partial_writes",
+    "retried_trial_numbers",
     "run_study",
     "study_state_counts",
+    "take_over_trial_dir",
 ]
 
 _LOG = logging.getLogger(__name__)
 
 FAIL_REASON_ATTR = "fail_reason"
-SPACE_ATTR = "search_space"  # study user attribute: the space the study was created over
 """User attribute holding the one-line reason a trial failed."""
+RESUMED_FROM_ATTR = "resumed_from_trial"
+"""User attribute of a retried trial: the number of the dead trial whose folder it took over."""
+SPACE_ATTR = "search_space"  # study user attribute: the space the study was created over
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # States of the trials that hold part of the budget: finished, running, or queued for a retry.
@@ -87,16 +114,19 @@ class SearchSettings:
         sampler: ``"tpe"``, ``"random"`` or ``"nsga2"`` (see :func:`create_sampler`).
         timeout: wall-clock budget of this call in seconds, or ``None``. Checked between trials:
             a running trial is never cut short.
-        seed: seed of the sampler, or ``None``. A fresh single-worker study is reproducible; a
-            resumed one mixes in the number of trials already stored, so it does not replay the
-            first run's random proposals. Workers started at the same moment with the same seed
-            would propose the same startup trials: give each worker its own seed (or ``None``).
+        seed: seed of the sampler, or ``None`` (drawn from the OS). Trial k's proposal is drawn
+            with the seed (seed, k) (:class:`~autorobust.search.samplers.TrialSeededSampler`):
+            two identical single-worker studies propose identical trials, a resumed study goes
+            on as an uninterrupted one would and never replays its first proposals, and workers
+            that share the seed propose different trials, because they hold different numbers.
         n_startup_trials: TPE's random trials before modelling.
         n_ei_candidates: TPE's candidates per proposal.
         gamma: TPE's fraction of "good" trials in (0, 1]; ``None`` keeps Optuna's
             ``min(ceil(0.1 n), 25)``.
         multivariate: multivariate TPE.
         pruner: ``"median"`` or ``"none"`` (see :func:`~autorobust.search.samplers.create_pruner`).
+        pruner_startup_trials: completed trials before the pruner may stop any trial.
+        pruner_warmup_steps: reported steps (epochs) of each trial that are never pruned.
         directions: ``"maximize"`` / ``"minimize"`` per objective value; must match a resumed
             study.
         heartbeat_interval: seconds between a running trial's heartbeats (integer >= 1).
@@ -124,6 +154,9 @@ class SearchSettings:
     gamma: float | None = None
     multivariate: bool = False
     pruner: Literal["median", "none"] = "median"
+    # The defaults of SearchConfig (see its docstring for the measurement behind them).
+    pruner_startup_trials: int = 5
+    pruner_warmup_steps: int = 3
     directions: tuple[str, ...] = ("maximize",)
     heartbeat_interval: int = 60
     grace_period: int | None = None
@@ -155,6 +188,14 @@ class SearchSettings:
             )
         if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
             raise ConfigError(f"gamma: expected a fraction in (0, 1] or null, got {self.gamma}")
+        if self.pruner_startup_trials < 0:
+            raise ConfigError(
+                f"pruner_startup_trials: expected an integer >= 0, got {self.pruner_startup_trials}"
+            )
+        if self.pruner_warmup_steps < 0:
+            raise ConfigError(
+                f"pruner_warmup_steps: expected an integer >= 0, got {self.pruner_warmup_steps}"
+            )
         if not self.directions or any(d not in ("maximize", "minimize") for d in self.directions):
             raise ConfigError(
                 "directions: expected one or more of 'maximize'/'minimize', "
@@ -177,6 +218,11 @@ class SearchSettings:
                 "max_consecutive_failures: expected an integer >= 1 or null, "
                 f"got {self.max_consecutive_failures}"
             )
+
+    @property
+    def grace_seconds(self) -> int:
+        """Seconds without a heartbeat after which a running trial counts as dead."""
+        return 2 * self.heartbeat_interval if self.grace_period is None else self.grace_period
 
     def storage_url(self, run_dir: Path) -> str:
         """The SQLAlchemy URL of the study: ``storage``, or an SQLite file in ``run_dir``."""
@@ -226,6 +272,10 @@ def _password(url: str) -> str | None:
         return None
 
 
+def _dead_worker_reason(grace: int) -> str:
+    return f"worker stopped sending heartbeats (killed?): none for more than {grace} s"
+
+
 class _HeartbeatFromStartStorage(optuna.storages.RDBStorage):
     """An ``RDBStorage`` that records a trial's first heartbeat as soon as it starts running.
 
@@ -234,6 +284,10 @@ class _HeartbeatFromStartStorage(optuna.storages.RDBStorage):
     would leave a RUNNING trial forever, and the other workers, which count RUNNING trials as
     holding the budget, would wait forever. Recording the heartbeat on the state change closes
     that window: every dead trial goes stale after ``grace_period``.
+
+    It also gives a stale trial its fail reason before Optuna fails it (the attributes of a
+    finished trial can no longer be set), and reports how old each running trial's last heartbeat
+    is (:meth:`heartbeat_ages`).
     """
 
     # Optuna's public ``create_new_trial`` and its study cache both go through this method.
@@ -253,54 +307,125 @@ class _HeartbeatFromStartStorage(optuna.storages.RDBStorage):
             self.record_heartbeat(trial_id)
         return changed
 
+    @property
+    def grace_seconds(self) -> int:
+        """Seconds without a heartbeat after which a running trial is stale."""
+        assert self.heartbeat_interval is not None
+        return self.grace_period or 2 * self.heartbeat_interval
 
-def _make_storage(url: str, settings: SearchSettings) -> optuna.storages.RDBStorage:
-    safe = redact_url(url)
+    # Called by ``optuna.storages.fail_stale_trials``, which then sets each returned trial FAIL.
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        reason = _dead_worker_reason(self.grace_seconds)
+        for trial_id in stale:
+            # Another worker may have failed it meanwhile; its reason is then already set.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+        return stale
+
+    def heartbeat_ages(self, study_id: int) -> dict[int, float | None]:
+        """Seconds since the last heartbeat of each RUNNING trial of the study, by trial number.
+
+        Measured with the database's clock, as Optuna's staleness check is; None for a trial
+        that has sent none yet.
+        """
+        # Optuna's tables, read the way its own `_get_stale_trial_ids` reads them.
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            now = session.execute(sqlalchemy.func.now()).scalar()
+            rows = (
+                session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
+                .outerjoin(
+                    models.TrialHeartbeatModel,
+                    models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
+                )
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .all()
+            )
+        assert now is not None
+        now = now.replace(tzinfo=None)  # PostgreSQL returns an aware time, SQLite a naive one
+        return {
+            number: None
+            if beat is None
+            else max(0.0, (now - beat.replace(tzinfo=None)).total_seconds())
+            for number, beat in rows
+        }
+
+
+class _RetryDeadTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-stale trial, logged, without the dead trial's fail reason.
+
+    Optuna's callback copies the dead trial's user attributes to the copy it queues; the copy
+    must not start out carrying the reason its predecessor failed.
+    """
+
+    def __init__(self, max_retry: int) -> None:
+        super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = trial.user_attrs.get(FAIL_REASON_ATTR, "worker stopped sending heartbeats")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            attempt = len(self.retry_history(trial)) + 1
+        trial = copy.copy(trial)
+        inherited = (FAIL_REASON_ATTR, RESUMED_FROM_ATTR)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in inherited}
+        super().__call__(study, trial)
+        if attempt <= self.max_retry:
+            _LOG.warning(
+                "trial %d failed: %s; queued a copy with the same parameters (retry %d of %d)",
+                trial.number, reason, attempt, self.max_retry,
+            )  # fmt: skip
+        else:
+            _LOG.warning(
+                "trial %d failed: %s; not retried (max_retry %d reached)",
+                trial.number, reason, self.max_retry,
+            )  # fmt: skip
+
+
+def _parse_url(url: str) -> sqlalchemy.engine.URL:
     try:
-        parsed = sqlalchemy.engine.make_url(url)
+        return sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise ConfigError(
             "storage: expected an SQLAlchemy URL such as sqlite:///study.db or "
-            f"postgresql+psycopg://user:password@host/db, got {safe!r}"
+            f"postgresql+psycopg://user:password@host/db, got {redact_url(url)!r}"
         ) from None
-    # Optuna 4.9 renamed the stale-trial callback; keep working with the 4.x that pyproject allows.
-    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    callback_kw = "heartbeat_stale_trial_callback"
-    if retry_cls is None:
-        retry_cls = optuna.storages.RetryFailedTrialCallback
-        callback_kw = "failed_trial_callback"
+
+
+def _make_storage(
+    url: str, parsed: sqlalchemy.engine.URL, settings: SearchSettings
+) -> _HeartbeatFromStartStorage:
     with warnings.catch_warnings():
         # Heartbeats and retries are marked experimental by Optuna; we rely on them knowingly.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = retry_cls(max_retry=settings.max_retry)
-        try:
-            storage = _HeartbeatFromStartStorage(
-                url,
-                engine_kwargs=_engine_kwargs(parsed),
-                heartbeat_interval=settings.heartbeat_interval,
-                grace_period=settings.grace_period,
-                **{callback_kw: retry},
-            )
-        except ImportError as error:
-            if parsed.get_backend_name() == "postgresql":
-                raise AutorobustError(
-                    f"storage {safe}: the PostgreSQL driver is not installed; run "
-                    'pip install "autorobust[postgres]" and use a postgresql+psycopg:// URL'
-                ) from error
-            raise AutorobustError(
-                f"storage {safe}: the Python driver for {parsed.drivername!r} is not installed"
-                f" ({_one_line(str(error.__cause__ or error))})"
-            ) from error
-        except sqlalchemy.exc.NoSuchModuleError:
-            raise ConfigError(
-                f"storage: unknown database kind {parsed.drivername!r} in {safe!r}; expected "
-                "e.g. sqlite:///study.db or postgresql+psycopg://user:password@host/db"
-            ) from None
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-            raise _storage_error(url, error) from error
+        storage = _HeartbeatFromStartStorage(
+            url,
+            engine_kwargs=_engine_kwargs(parsed),
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+            heartbeat_stale_trial_callback=_RetryDeadTrial(settings.max_retry),
+        )
     if parsed.get_backend_name() == "sqlite":
         _serialise_sqlite_transactions(storage.engine)
     return storage
+
+
+def _driver_error(parsed: sqlalchemy.engine.URL, error: ImportError) -> AutorobustError:
+    safe = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "postgresql":
+        return AutorobustError(
+            f"storage {safe}: the PostgreSQL driver is not installed; run "
+            'pip install "autorobust[postgres]" and use a postgresql+psycopg:// URL'
+        )
+    return AutorobustError(
+        f"storage {safe}: the Python driver for {parsed.drivername!r} is not installed"
+        f" ({_one_line(str(error.__cause__ or error))})"
+    )
 
 
 def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
@@ -324,12 +449,109 @@ def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened by Optuna's setup predate the listeners
 
 
-def _derive_seed(seed: int | None, n_existing_trials: int) -> int | None:
-    if seed is None or n_existing_trials == 0:
-        return seed
-    # A resumed sampler restarts its generator; mixing in the trial count avoids replaying the
-    # proposals of the first run, while an identical rerun still gets the identical seed.
-    return int(np.random.SeedSequence([seed, n_existing_trials]).generate_state(1)[0])
+# What two workers opening one fresh storage at the same moment can still get, for instance on a
+# database without our open lock: both create the tables (PostgreSQL: a unique violation in
+# pg_type; SQLite: "table ... already exists"), both stamp the schema version, or both insert the
+# study. The loser opens again and finds what the winner created.
+_CREATION_RACE = re.compile(
+    r"already exists|duplicate key|unique constraint|UNIQUE constraint failed", re.IGNORECASE
+)
+_OPEN_ATTEMPTS = 6
+# Key of the PostgreSQL advisory lock held while a worker opens a study (any 64-bit integer that
+# other applications sharing the database are unlikely to use).
+_OPEN_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"autorobust.search.runner.open_study").digest()[:8], "big", signed=True
+)
+_OPEN_LOCK_TIMEOUT_S = 120
+
+
+def _is_creation_race(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is a concurrent creation's conflict."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(
+            seen, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+        ) and _CREATION_RACE.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _open_lock(parsed: sqlalchemy.engine.URL) -> Iterator[None]:
+    """Hold, for the ``with`` block, the lock every worker takes to open a study on the storage.
+
+    With it, one worker at a time creates the tables, stamps the schema version, creates the
+    study and enqueues its first trial; the others then find them. PostgreSQL: a session
+    advisory lock, released when its connection closes, however the process ends. SQLite: an
+    ``flock`` on the database file's folder (SQLite's own locks are POSIX locks on the file,
+    which an ``flock`` does not touch). Other databases: no lock; the open is retried instead.
+    """
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        engine = sqlalchemy.create_engine(
+            parsed, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(parsed)
+        )
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text(f"SET lock_timeout = '{_OPEN_LOCK_TIMEOUT_S}s'"))
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _OPEN_LOCK_KEY}
+                )
+                connection.commit()
+                yield
+        finally:
+            engine.dispose()
+        return
+    database = parsed.database or ""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None  # type: ignore[assignment]
+    if (
+        backend != "sqlite"
+        or fcntl is None
+        or database in ("", ":memory:")
+        or "mode=memory" in str(parsed)
+    ):
+        yield
+        return
+    folder = Path(database).parent
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield  # SQLite reports the unusable path itself, naming it
+        return
+    try:
+        deadline = time.monotonic() + _OPEN_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AutorobustError(
+                        f"{folder}: another process has been opening a study there for "
+                        f"{_OPEN_LOCK_TIMEOUT_S} s; is it stuck?"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(descriptor)  # releases the flock
+
+
+def _create_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    def build(seed: int | None) -> optuna.samplers.BaseSampler:
+        return create_sampler(
+            settings.sampler,
+            seed=seed,
+            n_startup_trials=settings.n_startup_trials,
+            n_ei_candidates=settings.n_ei_candidates,
+            gamma=settings.gamma,
+            multivariate=settings.multivariate,
+        )
+
+    return build(None) if settings.seed is None else TrialSeededSampler(build, settings.seed)
 
 
 @contextlib.contextmanager
@@ -351,51 +573,79 @@ def _not_a_failed_trial_record(record: logging.LogRecord) -> bool:
     return not (message.startswith("Trial ") and " failed " in message)
 
 
-def open_study(settings: SearchSettings, run_dir: Path) -> optuna.Study:
+def open_study(
+    settings: SearchSettings, run_dir: Path, *, first_params: Mapping[str, Any] | None = None
+) -> optuna.Study:
     """Create the study ``settings.study_name`` or resume it if the storage already holds it.
 
     The storage is an Optuna ``RDBStorage`` with heartbeats (``heartbeat_interval``,
     ``grace_period``) and a retry callback: a trial whose worker died is marked FAIL by the next
     worker that checks and re-queued with the same parameters, at most ``max_retry`` times.
+    Workers may open a fresh storage at the same instant: the schema, the study and the first
+    trial are created once (see :func:`_open_lock`), and an open that loses a creation race
+    anyway is retried.
 
     Args:
         settings: the search settings.
         run_dir: folder of the default SQLite storage; created if needed.
+        first_params: parameters of a trial to run first: enqueued unless the study already
+            holds a trial with them (checked and enqueued under the open lock, so workers
+            started together enqueue it once).
 
     Raises:
-        ConfigError: the storage URL is malformed, or the stored study has other directions.
+        ConfigError: the storage URL is malformed, or the stored study has other directions or
+            another search space.
         AutorobustError: the database driver is missing (``pip install "autorobust[postgres]"``
             for PostgreSQL) or the database cannot be reached; the message hides the password.
     """
     url = settings.storage_url(Path(run_dir))
     if settings.storage is None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+    parsed = _parse_url(url)
+    jitter = random.Random()  # spreads the retries of racing workers; not part of any result
     with _quiet_optuna():
-        storage = _make_storage(url, settings)
-        try:
+        for attempt in range(1, _OPEN_ATTEMPTS + 1):
             try:
-                study_id = storage.get_study_id_from_name(settings.study_name)
-                n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
-            except KeyError:
-                n_existing = 0
-            sampler = create_sampler(
-                settings.sampler,
-                seed=_derive_seed(settings.seed, n_existing),
-                n_startup_trials=settings.n_startup_trials,
-                n_ei_candidates=settings.n_ei_candidates,
-                gamma=settings.gamma,
-                multivariate=settings.multivariate,
-            )
-            study = optuna.create_study(
-                storage=storage,
-                sampler=sampler,
-                pruner=create_pruner(settings.pruner),
-                study_name=settings.study_name,
-                directions=list(settings.directions),
-                load_if_exists=True,
-            )
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-            raise _storage_error(url, error) from error
+                with _open_lock(parsed):
+                    return _open_locked(url, parsed, settings, first_params)
+            except ImportError as error:
+                raise _driver_error(parsed, error) from error
+            except sqlalchemy.exc.NoSuchModuleError:
+                raise ConfigError(
+                    f"storage: unknown database kind {parsed.drivername!r} in "
+                    f"{redact_url(url)!r}; expected e.g. sqlite:///study.db or "
+                    "postgresql+psycopg://user:password@host/db"
+                ) from None
+            except (
+                sqlalchemy.exc.SQLAlchemyError,
+                optuna.exceptions.StorageInternalError,
+            ) as error:
+                if attempt == _OPEN_ATTEMPTS or not _is_creation_race(error):
+                    raise _storage_error(url, error) from error
+                _LOG.debug("opening %s raced another worker (%s); again", redact_url(url), error)
+                time.sleep(jitter.uniform(0.05, 0.25) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _open_locked(
+    url: str,
+    parsed: sqlalchemy.engine.URL,
+    settings: SearchSettings,
+    first_params: Mapping[str, Any] | None,
+) -> optuna.Study:
+    storage = _make_storage(url, parsed, settings)
+    study = optuna.create_study(
+        storage=storage,
+        sampler=_create_sampler(settings),
+        pruner=create_pruner(
+            settings.pruner,
+            startup_trials=settings.pruner_startup_trials,
+            warmup_steps=settings.pruner_warmup_steps,
+        ),
+        study_name=settings.study_name,
+        directions=list(settings.directions),
+        load_if_exists=True,
+    )
     stored = tuple(direction.name.lower() for direction in study.directions)
     if stored != tuple(settings.directions):
         raise ConfigError(
@@ -404,6 +654,8 @@ def open_study(settings: SearchSettings, run_dir: Path) -> optuna.Study:
         )
     if settings.space is not None:
         _check_space(study, settings.space, redact_url(url))
+    if first_params is not None:
+        study.enqueue_trial(dict(first_params), skip_if_exists=True)
     return study
 
 
@@ -543,6 +795,50 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def _heartbeat_storage(study: optuna.Study) -> _HeartbeatFromStartStorage | None:
+    # Optuna wraps the storage it was given in a cache; the heartbeats live in the one below.
+    storage = getattr(study._storage, "_backend", study._storage)
+    return storage if isinstance(storage, _HeartbeatFromStartStorage) else None
+
+
+class _WaitLog:
+    """Says, once per set of awaited trials, what a worker waits for and for how long at most.
+
+    A worker waits when running trials hold the rest of the budget. They may belong to live
+    workers, or to a dead one whose trial is failed and retried only after the grace period: the
+    line names each trial, the age of its last heartbeat, and the seconds of the grace period
+    left before a dead worker's trial would be retried.
+    """
+
+    def __init__(self) -> None:
+        self.awaited: tuple[int, ...] = ()
+
+    def __call__(self, study: optuna.Study) -> None:
+        storage = _heartbeat_storage(study)
+        if storage is None:
+            return
+        ages = storage.heartbeat_ages(storage.get_study_id_from_name(study.study_name))
+        awaited = tuple(sorted(ages))
+        if not awaited or awaited == self.awaited:
+            return
+        self.awaited = awaited
+        _LOG.warning(_wait_message(ages, storage.grace_seconds))
+
+
+def _wait_message(ages: Mapping[int, float | None], grace: int) -> str:
+    """One line: the running trials awaited, their heartbeat ages and the grace period left."""
+    numbers = sorted(ages)
+    known = [age for age in ages.values() if age is not None]
+    trials = ("trial " if len(numbers) == 1 else "trials ") + ", ".join(map(str, numbers))
+    seen = ", ".join("none yet" if ages[n] is None else f"{ages[n]:.0f} s ago" for n in numbers)
+    left = max(0.0, grace - max(known)) if known else float(grace)
+    return (
+        f"waiting for {trials}, running in other workers (last heartbeat: {seen}); if a worker "
+        f"is dead, its trial is retried once it has sent no heartbeat for {grace} s: in "
+        f"{left:.0f} s at the earliest"
+    )
+
+
 def run_study(
     objective: Callable[[optuna.Trial], float | Sequence[float]],
     settings: SearchSettings,
@@ -565,8 +861,9 @@ def run_study(
             and may report intermediate values for pruning.
         settings: storage, sampler, budget and fault-tolerance settings.
         run_dir: folder of the default SQLite storage.
-        first_params: parameters of a trial to run first (enqueued; skipped when the study
-            already holds a trial with them, so a resumed study does not repeat it).
+        first_params: parameters of a trial to run first (enqueued once, by whichever worker
+            opens the study first; skipped when the study already holds a trial with them, so a
+            resumed study does not repeat it).
 
     Returns:
         The study, which may hold fewer finished trials than ``n_trials`` if ``timeout`` ran out.
@@ -579,9 +876,7 @@ def run_study(
             the storage could not be opened.
         ConfigError: as raised by :func:`open_study`.
     """
-    study = open_study(settings, run_dir)
-    if first_params is not None:
-        study.enqueue_trial(dict(first_params), skip_if_exists=True)
+    study = open_study(settings, run_dir, first_params=first_params)
     guarded = _GuardedObjective(
         objective,
         study=study,
@@ -596,6 +891,7 @@ def run_study(
     )
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     poll_s = min(float(settings.heartbeat_interval), _MAX_POLL_S)
+    wait_log = _WaitLog()
     with _quiet_optuna():
         try:
             while True:
@@ -615,6 +911,7 @@ def run_study(
                 free = settings.n_trials - finished - counts["RUNNING"]
                 if free <= 0:
                     _fail_stale_trials(study)
+                    wait_log(study)
                     time.sleep(poll_s if left is None else min(poll_s, left))
                     continue
                 study.optimize(
@@ -629,6 +926,76 @@ def run_study(
             guarded.fail_current_trial()
             raise
     return study
+
+
+def retried_trial_numbers(trial: optuna.Trial) -> list[int]:
+    """Numbers of the dead trials that ``trial`` re-runs, oldest first; empty if not a retry.
+
+    A retry of a retry lists both: the original trial first, the trial it directly repeats last
+    (Optuna's ``retry_history``).
+    """
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(frozen))
+
+
+# autorobust._io.atomic_write writes `.NAME.RANDOM.tmp` beside its target and renames it; a
+# process killed in between leaves the partial file behind.
+PARTIAL_WRITE_GLOB = ".*.tmp"
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes under ``folder``; return them."""
+    removed = []
+    for path in sorted(Path(folder).rglob(PARTIAL_WRITE_GLOB)):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def take_over_trial_dir(
+    trial: optuna.Trial, directory: Path, dir_of: Callable[[int], Path]
+) -> int | None:
+    """Give a retried trial the folder of the dead trial it repeats, so that it can resume there.
+
+    When ``trial`` re-runs trials whose workers died (see :func:`retried_trial_numbers`) and
+    ``directory`` does not exist yet, the newest of their folders ``dir_of(number)`` that exists
+    is renamed to ``directory``: the objective then finds the dead trial's checkpoint in its own
+    folder. The number taken over is stored in the user attribute ``"resumed_from_trial"``.
+    Partial files of writes the dead worker never finished (``.*.tmp``) are deleted from
+    ``directory`` either way.
+
+    Args:
+        trial: the running trial.
+        directory: the folder of ``trial``'s run.
+        dir_of: the folder of the trial with a given number.
+
+    Returns:
+        The number of the dead trial whose folder was taken over, or None.
+    """
+    directory = Path(directory)
+    taken = None
+    if not directory.exists():
+        for number in reversed(retried_trial_numbers(trial)):
+            source = Path(dir_of(number))
+            if not source.is_dir():
+                continue
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                source.rename(directory)
+            except FileNotFoundError:  # gone meanwhile: nothing to resume from
+                continue
+            taken = number
+            break
+    if taken is not None:
+        trial.set_user_attr(RESUMED_FROM_ATTR, taken)
+        _LOG.info("trial %d resumes in the folder of dead trial %d", trial.number, taken)
+    if directory.is_dir():
+        for path in remove_partial_writes(directory):
+            _LOG.info("trial %d: removed a partial write %s", trial.number, path)
+    return taken
 
 
 def study_state_counts(study: optuna.Study) -> dict[str, int]:

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from autorobust._registry import Registry
 from autorobust.errors import ConfigError
 
-__all__ = ["FractionGamma", "create_pruner", "create_sampler", "pruner_names", "sampler_names"]
+__all__ = [
+    "FractionGamma",
+    "TrialSeededSampler",
+    "create_pruner",
+    "create_sampler",
+    "pruner_names",
+    "sampler_names",
+    "trial_seed",
+]
 
 _SAMPLERS: Registry[Callable[..., optuna.samplers.BaseSampler]] = Registry("sampler")
-_PRUNERS: Registry[Callable[[], optuna.pruners.BasePruner]] = Registry("pruner")
+_PRUNERS: Registry[Callable[..., optuna.pruners.BasePruner]] = Registry("pruner")
 
 
 @dataclass(frozen=True)
@@ -82,13 +94,12 @@ def _nsga2(*, seed: int | None, **_: object) -> optuna.samplers.BaseSampler:
 
 
 @_PRUNERS.register("median")
-def _median() -> optuna.pruners.BasePruner:
-    # Optuna's defaults: no pruning before 5 finished trials, compare from the first reported step.
-    return optuna.pruners.MedianPruner()
+def _median(*, startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
 
 
 @_PRUNERS.register("none")
-def _no_pruner() -> optuna.pruners.BasePruner:
+def _no_pruner(**_: object) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
@@ -150,14 +161,102 @@ def create_sampler(
     )
 
 
-def create_pruner(name: str) -> optuna.pruners.BasePruner:
+def create_pruner(
+    name: str, *, startup_trials: int = 5, warmup_steps: int = 0
+) -> optuna.pruners.BasePruner:
     """Build the Optuna pruner called ``name``: ``"median"`` or ``"none"``.
 
-    ``"median"`` stops a trial whose intermediate value (reported with ``trial.report``) is worse
-    than the median of earlier trials at the same step, after 5 finished trials (Optuna's
-    defaults). Pruning only acts on objectives that report; multi-objective studies cannot report.
+    ``"median"`` stops a trial whose best intermediate value so far (reported with
+    ``trial.report``) is worse than the median of the completed trials' values at the same step.
+    It never prunes before ``startup_trials`` trials have completed, nor at a step below
+    ``warmup_steps`` (steps are 0-based, so a trial reporting once per epoch runs at least
+    ``warmup_steps`` epochs). Pruning only acts on objectives that report; multi-objective studies
+    cannot report. ``"none"`` ignores the settings.
+
+    Args:
+        name: one of :func:`pruner_names`.
+        startup_trials: completed trials before the pruner acts (>= 0).
+        warmup_steps: reported steps of a trial before it can be pruned (>= 0).
 
     Raises:
         UnknownNameError: ``name`` is not registered; the message lists the valid names.
+        ConfigError: a setting is negative.
     """
-    return _PRUNERS.get(name)()
+    factory = _PRUNERS.get(name)
+    if startup_trials < 0:
+        raise ConfigError(f"pruner_startup_trials: expected an integer >= 0, got {startup_trials}")
+    if warmup_steps < 0:
+        raise ConfigError(f"pruner_warmup_epochs: expected an integer >= 0, got {warmup_steps}")
+    return factory(startup_trials=startup_trials, warmup_steps=warmup_steps)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number``'s proposal in a study seeded with ``seed`` (a 32-bit int)."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler whose proposal for trial k comes from a fresh sampler seeded by (seed, k).
+
+    A sampler seeded once draws the same sequence in every process that uses the seed: workers
+    sharing a study and a seed would propose the same start-up trials, and a resumed study would
+    replay its first proposals. Seeding by trial number instead gives concurrent workers (which
+    always hold different trial numbers) different draws, and makes a single-worker study
+    reproducible: trial k sees the same finished trials and the same seed in every identical run,
+    resumed or not. The samplers behind it keep no state between trials other than their random
+    generator (TPE, random and NSGA-II read everything else from the study), so rebuilding one
+    per trial changes nothing else.
+
+    Args:
+        build: makes the underlying sampler from a seed.
+        seed: the study's seed.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._build = build
+        self._seed = seed
+        self._number = -1
+        self._sampler = build(seed)
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number != self._number:
+            self._number = trial.number
+            with warnings.catch_warnings():
+                # Shown once when the first sampler was built; not again for every trial.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._sampler = self._build(trial_seed(self._seed, trial.number))
+        return self._sampler
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
