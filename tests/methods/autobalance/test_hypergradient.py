@@ -1,4 +1,5 @@
-"""Hypergradients against finite differences, the Neumann safeguard, the split and objectives."""
+"""Hypergradients against finite differences and exact solves, the solver guards, the split and
+objectives."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from autorobust.methods.autobalance.config import BilevelConfig
 from autorobust.methods.autobalance.hypergradient import (
     conjugate_gradient,
     implicit_hypergradient,
@@ -25,11 +27,13 @@ K, D, N = 3, 4, 60
 WD = 0.05
 
 
-def _problem(seed: int = 0):
+def _problem(seed: int = 0, feature_scale: float = 1.0):
+    """Multinomial logistic regression with the parametric loss (float64); a larger feature
+    scale raises the Hessian's largest eigenvalue (≈ scale², λ_min stays at the weight decay)."""
     g = torch.Generator().manual_seed(seed)
-    x_tr = torch.randn(N, D, generator=g, dtype=torch.float64)
+    x_tr = feature_scale * torch.randn(N, D, generator=g, dtype=torch.float64)
     y_tr = torch.randint(0, K, (N,), generator=g)
-    x_va = torch.randn(30, D, generator=g, dtype=torch.float64)
+    x_va = feature_scale * torch.randn(30, D, generator=g, dtype=torch.float64)
     y_va = torch.randint(0, K, (30,), generator=g)
     alpha = [
         0.3 * torch.randn(K, generator=g, dtype=torch.float64),  # log Δ
@@ -177,24 +181,227 @@ def test_neumann_converges_below_two_over_lambda_max_and_diverges_above():
     lam = lambda_max(hvp, [rhs], iterations=200, generator=torch.Generator().manual_seed(2))
     errors = []
     for terms in (10, 50, 200):
-        v, norms = neumann_inverse_hvp(hvp, [rhs], eta=1.0 / lam, terms=terms)
-        errors.append(float((v[0] - exact).norm() / exact.norm()))
-        assert norms[-1] < norms[0]
+        out = neumann_inverse_hvp(hvp, [rhs], eta=1.0 / lam, terms=terms)
+        errors.append(float((out.vector[0] - exact).norm() / exact.norm()))
+        assert out.status == "truncated" and len(out.norms) == terms + 1
+        assert all(b <= a for a, b in zip(out.norms, out.norms[1:], strict=False))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6
-    # Beyond 2/λ_max the largest eigen-direction is amplified: terms and error blow up.
-    v, norms = neumann_inverse_hvp(hvp, [rhs], eta=2.2 / lam, terms=200)
-    assert norms[-1] > 1e3 * norms[0]
-    assert float((v[0] - exact).norm() / exact.norm()) > 1e3
+    # Beyond 2/λ_max the largest eigen-direction is amplified: the series stops at the first
+    # growing term instead of adding it (the old series ran on to 1e3 times the first term).
+    out = neumann_inverse_hvp(hvp, [rhs], eta=2.2 / lam, terms=200)
+    assert out.status == "growth" and len(out.norms) < 20
+    assert out.norms[-1] > out.norms[-2] and "grew" in out.detail
+    assert out.curvature is not None and out.curvature > 0  # η too large, not indefinite
     # The authors' η = 1 with λ_max = 4 is such a case.
-    _, norms = neumann_inverse_hvp(hvp, [rhs], eta=1.0, terms=50)
-    assert norms[-1] > norms[0]
+    assert neumann_inverse_hvp(hvp, [rhs], eta=1.0, terms=50).status == "growth"
+
+
+def test_neumann_detects_growth_while_the_last_term_is_still_below_the_first():
+    """The old check (last term > first) missed a series that first shrinks and then grows."""
+    hessian = torch.diag(torch.tensor([1.0, 2.5], dtype=torch.float64))
+    rhs = torch.tensor([1.0, 0.01], dtype=torch.float64)
+    # η = 1: the first direction is solved in one term, the second is multiplied by -1.5.
+    out = neumann_inverse_hvp(lambda v: [hessian @ v[0]], [rhs], eta=1.0, terms=5)
+    assert out.status == "growth"
+    assert out.norms[-1] < out.norms[0]  # invisible to "last larger than first"
+    assert out.norms[-1] > out.norms[-2]
+    # The growing term is not added: the sum holds the first two terms only.
+    torch.testing.assert_close(out.vector[0], torch.tensor([1.0, 0.01 + 0.01 * -1.5]).double())
+
+
+def test_neumann_terms_adapt_to_the_tolerance():
+    hessian, rhs, _ = _quadratic()
+    exact = torch.linalg.solve(hessian, rhs)
+
+    def hvp(v):
+        return [hessian @ v[0]]
+
+    for tol in (1e-2, 1e-6):
+        out = neumann_inverse_hvp(hvp, [rhs], eta=0.25, terms=1000, tol=tol)
+        assert out.status == "converged"
+        assert out.norms[-1] <= tol * out.norms[0] < out.norms[-2]
+        # The tail after a relative term norm t is at most t/(ηλ_min) = 8t of the solution here.
+        assert float((out.vector[0] - exact).norm() / exact.norm()) < 8 * tol
+    out = neumann_inverse_hvp(hvp, [rhs], eta=0.25, terms=10, tol=1e-6)
+    assert out.status == "truncated" and len(out.norms) == 11
 
 
 def test_conjugate_gradient_solves_the_quadratic():
     hessian, rhs, _ = _quadratic(3)
-    v, residuals = conjugate_gradient(lambda v: [hessian @ v[0]], [rhs], iterations=40)
-    torch.testing.assert_close(v[0], torch.linalg.solve(hessian, rhs), rtol=1e-8, atol=1e-8)
-    assert residuals[-1] < 1e-8
+    out = conjugate_gradient(lambda v: [hessian @ v[0]], [rhs], iterations=40)
+    exact = torch.linalg.solve(hessian, rhs)
+    torch.testing.assert_close(out.vector[0], exact, rtol=1e-8, atol=1e-8)
+    assert out.status == "converged" and out.norms[-1] < 1e-8
+    short = conjugate_gradient(lambda v: [hessian @ v[0]], [rhs], iterations=2)
+    assert short.status == "truncated" and "after 2 iterations" in short.detail
+
+
+def _indefinite_quadratic(seed: int = 0, n: int = 12):
+    """H with eigenvalues from -0.5 to 4 (one negative), as a lower problem in w with α acting
+    linearly: L_train = ½ wᵀHw − wᵀBα, L_val = ½‖w − c‖²; evaluated at a random w."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eigenvalues = torch.linspace(-0.5, 4.0, n, dtype=torch.float64)
+    hessian = q @ torch.diag(eigenvalues) @ q.T
+    b = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    c = torch.randn(n, generator=g, dtype=torch.float64)
+
+    def train_loss(w, a):
+        return 0.5 * w[0] @ hessian @ w[0] - w[0] @ (b @ a[0])
+
+    def val_loss(w):
+        return 0.5 * ((w[0] - c) ** 2).sum()
+
+    w = [torch.randn(n, generator=g, dtype=torch.float64)]
+    alpha = [torch.randn(3, generator=g, dtype=torch.float64)]
+    return train_loss, val_loss, w, alpha, hessian
+
+
+def test_conjugate_gradient_reports_negative_curvature():
+    """The old CG stopped at negative curvature and returned 0 without saying so."""
+    _, _, _, _, hessian = _indefinite_quadratic()
+    rhs = torch.linalg.eigh(hessian).eigenvectors[:, 0]  # the negative eigen-direction
+    out = conjugate_gradient(lambda v: [hessian @ v[0]], [rhs], iterations=40)
+    assert out.status == "negative_curvature"
+    assert "-0.5 at iteration 1" in out.detail
+    # Damping beyond −λ_min makes the system positive definite: CG solves (H + δI) v = g.
+    damped = conjugate_gradient(lambda v: [hessian @ v[0]], [rhs], iterations=40, damping=1.0)
+    assert damped.status == "converged"
+    torch.testing.assert_close(damped.vector[0], rhs / 0.5)
+
+
+def _mlp_problem(seed: int, hidden: int = 6):
+    """A small tanh MLP at its random initialisation (far from any optimum), parametric offsets
+    α on its logits; float64."""
+    g = torch.Generator().manual_seed(seed)
+    x_tr = torch.randn(N, D, generator=g, dtype=torch.float64)
+    y_tr = torch.randint(0, K, (N,), generator=g)
+    x_va = torch.randn(30, D, generator=g, dtype=torch.float64)
+    y_va = torch.randint(0, K, (30,), generator=g)
+    alpha = [0.5 * torch.randn(K, generator=g, dtype=torch.float64)]
+    w = [
+        torch.randn(hidden, D, generator=g, dtype=torch.float64),
+        torch.randn(K, hidden, generator=g, dtype=torch.float64),
+    ]
+
+    def train_loss(w, a):
+        z = torch.tanh(x_tr @ w[0].T) @ w[1].T + a[0]
+        return F.cross_entropy(z, y_tr) + 0.5 * 1e-3 * sum((p * p).sum() for p in w)
+
+    def val_loss(w):
+        return F.cross_entropy(torch.tanh(x_va @ w[0].T) @ w[1].T, y_va)
+
+    return train_loss, val_loss, w, alpha
+
+
+def _dense_hessian(train_loss, w, alpha):
+    from torch.func import hessian
+
+    sizes = [t.numel() for t in w]
+
+    def flat(v):
+        pieces = torch.split(v, sizes)
+        return train_loss([p.view_as(t) for p, t in zip(pieces, w, strict=True)], alpha)
+
+    return hessian(flat)(torch.cat([t.reshape(-1) for t in w]))
+
+
+# The guarded configurations: the default, the adaptive series (with the authors' fixed η = 1,
+# which must be damped), and CG. A fixed J (neumann_tol None) is an approximation whose error the
+# guards do not bound, so it is checked for direction only (below).
+GUARDED = {
+    "default": {},
+    "neumann adaptive": {"hypergradient": "neumann", "neumann_tol": 1e-6, "neumann_terms": 5000},
+    "neumann adaptive eta 1": {
+        "hypergradient": "neumann",
+        "neumann_tol": 1e-6,
+        "neumann_terms": 5000,
+        "eta": 1.0,
+    },
+    "cg": {"hypergradient": "cg", "cg_iterations": 200},
+}
+
+
+def _guarded(train_loss, val_loss, w, alpha, overrides):
+    from autorobust.methods.autobalance.trainer import solver_options
+
+    options = solver_options(BilevelConfig(**overrides))
+    generator = torch.Generator().manual_seed(0)
+    return implicit_hypergradient(train_loss, val_loss, w, alpha, **options, generator=generator)
+
+
+def _flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+@pytest.mark.parametrize("name", list(GUARDED))
+def test_guarded_hypergradient_is_exact_when_lambda_max_exceeds_two(name):
+    train_loss, val_loss, alpha = _problem(feature_scale=3.0)
+    w_star = _solve(train_loss, alpha)
+    eigenvalues = torch.linalg.eigvalsh(_dense_hessian(train_loss, w_star, alpha))
+    assert eigenvalues.max() > 8.0 and eigenvalues.min() > 0.0
+    exact = _flat(implicit_hypergradient(train_loss, val_loss, w_star, alpha, solver="exact").grads)
+    result = _guarded(train_loss, val_loss, w_star, alpha, GUARDED[name])
+    assert result.skipped is None  # positive definite: nothing to skip
+    assert float((_flat(result.grads) - exact).norm() / exact.norm()) < 1e-2
+    if "eta" in GUARDED[name]:
+        assert any("eta 1 x lambda_max" in e and "damped" in e for e in result.events)
+        assert result.eta * result.lambda_max < 2.0
+
+
+def test_fixed_eta_is_checked_against_lambda_max():
+    """The authors' η = 1, J = 5 on a problem with λ_max ≈ 8: the old series grew to ~4e3 times
+    its first term and its hypergradient had cosine 0.48 with the exact one; now η is damped
+    (logged) and the short series points the right way."""
+    train_loss, val_loss, alpha = _problem(feature_scale=3.0)
+    w_star = _solve(train_loss, alpha)
+    exact = _flat(implicit_hypergradient(train_loss, val_loss, w_star, alpha, solver="exact").grads)
+    result = implicit_hypergradient(
+        train_loss, val_loss, w_star, alpha, eta=1.0, terms=5, power_iterations=20
+    )
+    assert result.lambda_max > 2.0
+    assert result.events and "the series would diverge: eta damped to" in result.events[0]
+    assert max(result.term_norms) == result.term_norms[0]
+    assert float(F.cosine_similarity(_flat(result.grads), exact, dim=0)) > 0.8
+    assert result.log()["events"] == result.events
+
+
+def _indefinite_cases():
+    cases = {"quadratic": _indefinite_quadratic()[:4]}
+    for seed in range(4):
+        cases[f"mlp{seed}"] = _mlp_problem(seed)
+    return cases
+
+
+@pytest.mark.parametrize("name", list(GUARDED))
+def test_guarded_hypergradient_on_an_indefinite_hessian_is_exact_or_skipped(name):
+    """Never a reversed direction: either within 1e-2 of the exact solve, or no step, with a
+    reason. (The old default Neumann series delivered cosines of -0.99 and -0.91 with the exact
+    solve on mlp2 and mlp3; the old CG returned 0 silently.)"""
+    skipped = 0
+    for case, (train_loss, val_loss, w, alpha) in _indefinite_cases().items():
+        assert torch.linalg.eigvalsh(_dense_hessian(train_loss, w, alpha)).min() < -0.1, case
+        exact = _flat(implicit_hypergradient(train_loss, val_loss, w, alpha, solver="exact").grads)
+        result = _guarded(train_loss, val_loss, w, alpha, GUARDED[name])
+        if result.skipped is not None:
+            skipped += 1
+            assert "H is not positive definite" in result.skipped, case
+            assert float(_flat(result.grads).abs().max()) == 0.0
+            assert result.log()["skipped"] == result.skipped
+        else:
+            error = float((_flat(result.grads) - exact).norm() / exact.norm())
+            assert error < 1e-2, (case, error, result.events)
+    assert skipped >= 1
+
+
+def test_fixed_j_series_on_an_indefinite_hessian_is_skipped_when_a_term_proves_it():
+    """The issue's indefinite case with the authors' η = 1, J = 5: the growing term has negative
+    curvature, which no η cures, so the step is skipped instead of halving η (a shorter-η series
+    would hide the growth within J terms and deliver a reversed direction)."""
+    train_loss, val_loss, w, alpha = _mlp_problem(2)
+    result = implicit_hypergradient(train_loss, val_loss, w, alpha, eta=1.0, terms=5)
+    assert result.skipped is not None and "curvature t·Ht/t·t -" in result.skipped
+    assert result.neumann_growths == 1 and result.log()["neumann_growths"] == 1
 
 
 def test_split_pool_balanced_and_stratified():

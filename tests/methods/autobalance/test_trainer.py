@@ -19,7 +19,9 @@ class TestBilevelRun(TrainingMethodTests):
 
 
 class TestBilevelRunAllWeightsCg(TrainingMethodTests):
-    """Hypergradients through every weight, by conjugate gradients, scales and weights learned."""
+    """Hypergradients through every weight, by conjugate gradients, scales and weights learned.
+    The CNN's Hessian is indefinite: without damping every upper step would be skipped and the
+    upper optimiser's state never exercised."""
 
     config_name = "digits-lt20-autobalance"
     overrides = (
@@ -27,6 +29,7 @@ class TestBilevelRunAllWeightsCg(TrainingMethodTests):
         "bilevel.warmup_epochs=1",
         "bilevel.hyper_params=all",
         "bilevel.hypergradient=cg",
+        "bilevel.damping=10",
         "bilevel.learn_scale=true",
         "bilevel.learn_weight=true",
         "train.batch_size=128",

@@ -9,7 +9,10 @@ and v = H⁻¹ g is approximated by the Neumann series v ≈ η Σ_{j=0}^{J} (I 
 by conjugate gradients, or solved exactly for small problems. The series converges only when every
 eigenvalue of ηH lies in (0, 2): the authors' η = 1 diverged on this project's protocol, so η
 defaults to ``eta_scale / λ_max`` with λ_max estimated by power iteration on the same
-Hessian-vector product, the norms of the series' terms are logged, and the upper step is clipped.
+Hessian-vector product, and the norms of the series' terms are logged. Guards
+(:func:`implicit_hypergradient`): a fixed η is checked against λ_max, a growing series halves η
+and then falls back to CG, and CG that meets negative curvature skips the step with a reason,
+so a delivered hypergradient is never one whose direction the solver could not vouch for.
 The one-step unrolled alternative differentiates L_val(w − lr ∇_w L_train(w, α)) with torch.func.
 
 The functions here take closures over lists of tensors, so the same code serves the classifier
@@ -28,7 +31,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GROWTH_SLACK",
     "HypergradientResult",
+    "InverseHVP",
     "conjugate_gradient",
     "hessian_vector_product",
     "implicit_hypergradient",
@@ -106,41 +111,134 @@ def lambda_max(
     return max(estimate, tensor_norm(hvp(vector)))
 
 
+GROWTH_SLACK = 1e-4
+"""Relative slack of the growth test: with η·λ_max < 2 and H positive semi-definite the Neumann
+terms never grow (‖I − ηH‖ ≤ 1), so a term more than this fraction above its predecessor (or the
+first term) means an eigenvalue of ηH outside [0, 2]; the slack absorbs float32 rounding of the
+Hessian-vector product (about 1e-6 relative)."""
+
+
+@dataclass
+class InverseHVP:
+    """v ≈ H⁻¹ g from an iterative solver, and how the solver ended.
+
+    Attributes:
+        vector: v, tensors shaped like g.
+        norms: Neumann: ‖(I − ηH)^j g‖ for j = 0, 1, … (the terms computed, including a growing
+            one); CG: residual norms ‖g − (H + δI) x_k‖.
+        status: ``converged`` (relative term norm / residual ≤ tol), ``truncated`` (the term or
+            iteration budget ran out first; with no tolerance this is the fixed-J series),
+            ``growth`` (Neumann: a term outgrew its predecessor or the first term, so some
+            eigenvalue of ηH lies outside (0, 2); ``vector`` is the sum before that term) or
+            ``negative_curvature`` (CG: p·(H + δI)p ≤ 0, so H + δI is not positive definite;
+            ``vector`` is the last iterate).
+        detail: one line saying what happened, for the upper-step log.
+        curvature: Neumann ``growth`` only: the Rayleigh quotient t·Ht / t·t of the term t that
+            the growing step multiplied by (I − ηH) (free: H t was computed anyway). ≤ 0 proves
+            that H is not positive definite; > 0 with growth means η·λ_max > 2 or an
+            indefiniteness this term does not show yet.
+    """
+
+    vector: Tensors
+    norms: list[float]
+    status: str
+    detail: str = ""
+    curvature: float | None = None
+
+
 def neumann_inverse_hvp(
-    hvp: HVP, g: Sequence[Tensor], *, eta: float, terms: int
-) -> tuple[Tensors, list[float]]:
-    """v ≈ H⁻¹ g = η Σ_{j=0}^{J} (I − ηH)^j g, and the norms ‖(I − ηH)^j g‖ for j = 0..J.
+    hvp: HVP,
+    g: Sequence[Tensor],
+    *,
+    eta: float,
+    terms: int,
+    tol: float | None = None,
+) -> InverseHVP:
+    """v ≈ H⁻¹ g = η Σ_{j=0}^{J} (I − ηH)^j g, stopping early on convergence or growth.
 
     Converges when every eigenvalue of ηH lies in (0, 2) (error ∝ max|1 − ηλ|^{J+1}); pick η below
-    2/λ_max (:func:`lambda_max`). Rising term norms signal divergence.
+    2/λ_max (:func:`lambda_max`). A term whose norm exceeds its predecessor's or the first one's
+    (by more than :data:`GROWTH_SLACK`) stops the series with status ``growth``: it cannot happen
+    for a positive semi-definite H with η·λ_max ≤ 2, and the terms would only grow from there.
+
+    Args:
+        hvp: v ↦ H v.
+        g: the right-hand side, tensors shaped like the parameters.
+        eta: η > 0.
+        terms: J, the most terms after the first.
+        tol: stop (``converged``) once ‖(I − ηH)^j g‖ ≤ tol · ‖g‖; None: always J terms
+            (``truncated``), the authors' fixed series.
     """
     term = [t.detach().clone() for t in g]
     total = [eta * t for t in term]
     norms = [tensor_norm(term)]
-    for _ in range(terms):
+    if norms[0] == 0.0:
+        return InverseHVP(total, norms, "converged", "g = 0")
+    for j in range(1, terms + 1):
         hv = hvp(term)
+        previous = term
         term = [t - eta * h for t, h in zip(term, hv, strict=True)]
+        norm = tensor_norm(term)
+        norms.append(norm)
+        limit = (1.0 + GROWTH_SLACK) * min(norms[-2], norms[0])
+        if not math.isfinite(norm) or norm > limit:
+            larger = "its predecessor" if norms[-2] <= norms[0] else "the first"
+            curvature = float(_dot(previous, hv)) / norms[-2] ** 2
+            return InverseHVP(
+                total,
+                norms,
+                "growth",
+                f"term {j} grew (norm {norm:.3g} > {larger} {min(norms[-2], norms[0]):.3g}; "
+                f"eta {eta:.3g}, curvature t·Ht/t·t {curvature:.3g})",
+                curvature=curvature,
+            )
         total = [s + eta * t for s, t in zip(total, term, strict=True)]
-        norms.append(tensor_norm(term))
-    return total, norms
+        if tol is not None and norm <= tol * norms[0]:
+            return InverseHVP(total, norms, "converged", f"{j} terms")
+    relative = norms[-1] / norms[0]
+    return InverseHVP(
+        total, norms, "truncated", f"relative term norm {relative:.3g} after {terms} terms"
+    )
 
 
 def conjugate_gradient(
-    hvp: HVP, g: Sequence[Tensor], *, iterations: int, damping: float = 0.0, tol: float = 1e-10
-) -> tuple[Tensors, list[float]]:
-    """v ≈ (H + δI)⁻¹ g by conjugate gradients (H symmetric positive definite); residual norms."""
+    hvp: HVP,
+    g: Sequence[Tensor],
+    *,
+    iterations: int,
+    damping: float = 0.0,
+    tol: float = 1e-10,
+) -> InverseHVP:
+    """v ≈ (H + δI)⁻¹ g by conjugate gradients, which needs H + δI positive definite.
+
+    Stops with ``converged`` once ‖g − (H + δI) x‖ ≤ tol · ‖g‖, ``truncated`` after
+    ``iterations`` steps, or ``negative_curvature`` when a search direction p has
+    p·(H + δI)p ≤ 0: H + δI is not positive definite there, CG's step would be undefined or point
+    uphill, and ``vector`` holds the last iterate (0 at the first step). The caller decides what
+    to do with that (the bilevel trainer skips the upper step).
+    """
     x = [torch.zeros_like(t) for t in g]
     r = [t.detach().clone() for t in g]
     p = [t.clone() for t in r]
     rr = float(_dot(r, r))
     norms = [math.sqrt(rr)]
-    for _ in range(iterations):
-        if math.sqrt(rr) <= tol:
-            break
+    target = tol * norms[0]
+    if norms[0] == 0.0:
+        return InverseHVP(x, norms, "converged", "g = 0")
+    for k in range(iterations):
+        if math.sqrt(rr) <= target:
+            return InverseHVP(x, norms, "converged", f"{k} iterations")
         ap = [h + damping * q for h, q in zip(hvp(p), p, strict=True)]
         curvature = float(_dot(p, ap))
-        if curvature <= 0.0:  # not positive definite along p: stop with what we have
-            break
+        if not curvature > 0.0:  # also catches nan
+            rayleigh = curvature / float(_dot(p, p))
+            return InverseHVP(
+                x,
+                norms,
+                "negative_curvature",
+                f"negative curvature p·(H + δI)p / ‖p‖² = {rayleigh:.3g} at iteration {k + 1} "
+                f"(δ = {damping:g})",
+            )
         step = rr / curvature
         x = [xi + step * pi for xi, pi in zip(x, p, strict=True)]
         r = [ri - step * api for ri, api in zip(r, ap, strict=True)]
@@ -148,7 +246,14 @@ def conjugate_gradient(
         p = [ri + (rr_new / rr) * pi for ri, pi in zip(r, p, strict=True)]
         rr = rr_new
         norms.append(math.sqrt(rr))
-    return x, norms
+    if math.sqrt(rr) <= target:
+        return InverseHVP(x, norms, "converged", f"{iterations} iterations")
+    return InverseHVP(
+        x,
+        norms,
+        "truncated",
+        f"relative residual {norms[-1] / norms[0]:.3g} after {iterations} iterations",
+    )
 
 
 def _exact_inverse_hvp(hvp: HVP, g: Sequence[Tensor], damping: float) -> Tensors:
@@ -177,11 +282,20 @@ class HypergradientResult:
     """One hypergradient and its diagnostics.
 
     Attributes:
-        grads: dL_val/dα, tensors shaped like α.
+        grads: dL_val/dα, tensors shaped like α (zeros when the step is skipped).
         val_loss: L_val at the current w (float).
-        lambda_max: the power-iteration estimate of H's largest eigenvalue (nan if not computed).
-        eta: η used by the Neumann series (nan for other solvers).
-        term_norms: ‖(I − ηH)^j g‖ (Neumann) or residual norms (CG), j = 0..J.
+        lambda_max: the power-iteration estimate of H's largest |eigenvalue| (nan if not
+            computed: solvers other than Neumann).
+        eta: η of the Neumann series after any damping or halving (nan for other solvers).
+        term_norms: ‖(I − ηH)^j g‖ (Neumann) or residual norms (CG) of the solver whose v was
+            used (for a skipped step: the one that failed).
+        solver: the solver whose v was used: ``neumann``, ``cg``, ``exact`` or ``unrolled``.
+        events: what the guards did and why, one line each (η damped or halved, fallbacks).
+        skipped: why no hypergradient was delivered (the caller takes no upper step); None if
+            one was.
+        hvps: Hessian-vector products spent (power iteration and solvers): the cost beyond one
+            gradient of each level.
+        neumann_growths: Neumann series (attempts) whose terms grew.
     """
 
     grads: Tensors
@@ -189,18 +303,30 @@ class HypergradientResult:
     lambda_max: float = float("nan")
     eta: float = float("nan")
     term_norms: list[float] = field(default_factory=list)
+    solver: str = ""
+    events: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    hvps: int = 0
+    neumann_growths: int = 0
 
     def log(self) -> dict[str, Any]:
-        """JSON-serialisable diagnostics (norms rounded)."""
+        """JSON-serialisable diagnostics (norms rounded; a long series keeps its first and last
+        ten norms, ``terms`` says how many there were)."""
+        norms = [float(f"{n:.4g}") for n in self.term_norms]
+        norm = tensor_norm(self.grads) if self.grads else float("nan")
         return {
             "val_loss": self.val_loss,
             # None rather than nan: strict JSON (learned_loss.json) has no nan.
             "lambda_max": self.lambda_max if math.isfinite(self.lambda_max) else None,
             "eta": self.eta if math.isfinite(self.eta) else None,
-            "hypergrad_norm": tensor_norm(self.grads)
-            if math.isfinite(tensor_norm(self.grads))
-            else None,
-            "term_norms": [float(f"{n:.4g}") for n in self.term_norms],
+            "hypergrad_norm": norm if math.isfinite(norm) else None,
+            "solver": self.solver,
+            "terms": max(len(norms) - 1, 0),
+            "term_norms": norms if len(norms) <= 21 else norms[:10] + norms[-10:],
+            "hvps": self.hvps,
+            "neumann_growths": self.neumann_growths,
+            "events": list(self.events),
+            "skipped": self.skipped,
         }
 
 
@@ -212,26 +338,47 @@ def implicit_hypergradient(
     *,
     solver: str = "neumann",
     terms: int = 5,
+    neumann_tol: float | None = None,
     eta: float | None = None,
     eta_scale: float = 1.0,
+    eta_halvings: int = 2,
     power_iterations: int = 20,
     cg_iterations: int = 20,
+    cg_tol: float = 1e-6,
     damping: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> HypergradientResult:
     """dL_val(w*(α))/dα = −(∂²L_train/∂α∂w) H⁻¹ ∇_w L_val at w = ``params`` (assumed ≈ w*(α)).
+
+    The guards (each logged in ``events`` / ``skipped``):
+
+    - Neumann: λ_max is always estimated; a fixed ``eta`` with η·λ_max ≥ 2 (the series would
+      diverge) is damped to ``eta_scale / λ_max``. A growing term (see
+      :func:`neumann_inverse_hvp`) whose predecessor has curvature t·Ht ≤ 0 proves H indefinite
+      and skips the step (no η cures that); otherwise η is halved and the series restarts, up to
+      ``eta_halvings`` times (this cures an underestimated λ_max). Growth after that, or, with
+      ``neumann_tol``, no convergence within ``terms`` terms falls back to CG. A fixed J
+      (``neumann_tol`` None) is an approximation whose error these guards do not bound.
+    - CG (the solver, or the fallback): negative curvature skips the step: H + δI is not
+      positive definite, so w is no minimum of the lower problem and the implicit hypergradient
+      is undefined; no approximation would have a trustworthy direction. A CG that runs out of
+      iterations is used (on a positive definite H its iterates never reverse the direction of
+      the solution) and logged.
 
     Args:
         train_loss: (w, α) ↦ lower objective (scalar), including any weight decay on w.
         val_loss: w ↦ upper objective (scalar); it does not depend on α directly.
         params: w (values; detached copies are differentiated).
         alpha: α (values).
-        solver: "neumann", "cg" or "exact" (dense Hessian; small problems only).
-        terms: J of the Neumann series.
-        eta: fixed η; None: ``eta_scale / λ_max`` by power iteration.
+        solver: "neumann", "cg" or "exact" (dense Hessian; small problems only; no guards).
+        terms: J of the Neumann series (with ``neumann_tol``: the most terms).
+        neumann_tol: stop the series once the relative term norm is ≤ this; None: J terms.
+        eta: fixed η; None: ``eta_scale / λ_max``.
         eta_scale: η·λ_max, in (0, 2).
+        eta_halvings: times η is halved after the series grew, before falling back to CG.
         power_iterations: steps of :func:`lambda_max`.
-        cg_iterations, damping: conjugate gradients on H + δI (δ also used by "exact").
+        cg_iterations, cg_tol: CG's iteration budget and relative residual tolerance.
+        damping: δ of CG's system (H + δI) v = g (also used by "exact").
         generator: seeds the power iteration's start vector.
 
     Returns:
@@ -244,23 +391,108 @@ def implicit_hypergradient(
     upper = val_loss(w)
     g = [t.detach() for t in torch.autograd.grad(upper, w, allow_unused=False)]
     gradients = torch.autograd.grad(train_loss(w, a), w, create_graph=True)
-    hvp = hessian_vector_product(gradients, w)
-    result = HypergradientResult(grads=[], val_loss=float(upper.detach()))
+    products = hessian_vector_product(gradients, w)
+    result = HypergradientResult(grads=[], val_loss=float(upper.detach()), solver=solver)
+
+    def hvp(vector: Sequence[Tensor]) -> Tensors:
+        result.hvps += 1
+        return products(vector)
+
+    v: Tensors | None = None
     if solver == "neumann":
-        if eta is None:
-            result.lambda_max = lambda_max(hvp, w, iterations=power_iterations, generator=generator)
-            eta = eta_scale / max(result.lambda_max, 1e-12)
-        result.eta = eta
-        v, result.term_norms = neumann_inverse_hvp(hvp, g, eta=eta, terms=terms)
-    elif solver == "cg":
-        v, result.term_norms = conjugate_gradient(hvp, g, iterations=cg_iterations, damping=damping)
-    else:
+        v = _guarded_neumann(
+            hvp,
+            g,
+            w,
+            result,
+            terms=terms,
+            tol=neumann_tol,
+            eta=eta,
+            eta_scale=eta_scale,
+            eta_halvings=eta_halvings,
+            power_iterations=power_iterations,
+            generator=generator,
+        )
+    elif solver == "exact":
         v = _exact_inverse_hvp(hvp, g, damping)
+    if result.skipped is not None:
+        result.grads = [torch.zeros_like(t) for t in a]
+        return result
+    if v is None:  # CG, chosen or as the fallback
+        solved = conjugate_gradient(hvp, g, iterations=cg_iterations, damping=damping, tol=cg_tol)
+        result.solver, result.term_norms = "cg", solved.norms
+        if solved.status == "negative_curvature":
+            result.skipped = (
+                f"cg: {solved.detail}: H is not positive definite, so w is no minimum of the "
+                "lower problem and the implicit hypergradient is undefined"
+            )
+            result.grads = [torch.zeros_like(t) for t in a]
+            return result
+        if solved.status == "truncated":
+            result.events.append(f"cg: {solved.detail} (used: its direction is safe)")
+        v = solved.vector
     mixed = torch.autograd.grad(gradients, a, grad_outputs=v, allow_unused=True)
     result.grads = [
         torch.zeros_like(t) if m is None else -m.detach() for m, t in zip(mixed, a, strict=True)
     ]
     return result
+
+
+def _guarded_neumann(
+    hvp: HVP,
+    g: Sequence[Tensor],
+    w: Sequence[Tensor],
+    result: HypergradientResult,
+    *,
+    terms: int,
+    tol: float | None,
+    eta: float | None,
+    eta_scale: float,
+    eta_halvings: int,
+    power_iterations: int,
+    generator: torch.Generator | None,
+) -> Tensors | None:
+    """The Neumann solve of :func:`implicit_hypergradient` with its guards; records λ_max, η,
+    the term norms, events and a skip reason in ``result``; None: skip (``result.skipped``) or
+    fall back to CG."""
+    result.lambda_max = lambda_max(hvp, w, iterations=power_iterations, generator=generator)
+    safe_eta = eta_scale / max(result.lambda_max, 1e-12)
+    if eta is None:
+        eta = safe_eta
+    elif eta * result.lambda_max >= 2.0:
+        result.events.append(
+            f"eta {eta:.3g} x lambda_max {result.lambda_max:.3g} = "
+            f"{eta * result.lambda_max:.3g} >= 2, the series would diverge: eta damped to "
+            f"{safe_eta:.3g}"
+        )
+        eta = safe_eta
+    for halving in range(eta_halvings + 1):
+        solved = neumann_inverse_hvp(hvp, g, eta=eta, terms=terms, tol=tol)
+        result.eta, result.term_norms = eta, solved.norms
+        if solved.status != "growth":
+            break
+        result.neumann_growths += 1
+        if solved.curvature is not None and not solved.curvature > 0.0:
+            # No η cures a negative eigenvalue: the growing term proves there is one.
+            result.skipped = (
+                f"neumann: {solved.detail}: H is not positive definite, so w is no minimum "
+                "of the lower problem and the implicit hypergradient is undefined"
+            )
+            return None
+        if halving == eta_halvings:
+            break
+        result.events.append(f"neumann: {solved.detail}: eta halved to {eta / 2:.3g}")
+        eta /= 2.0
+    if solved.status == "growth":
+        result.events.append(
+            f"neumann: {solved.detail} after {eta_halvings} halvings of eta (H is not "
+            "positive definite): fell back to cg"
+        )
+        return None
+    if solved.status == "truncated" and tol is not None:
+        result.events.append(f"neumann: {solved.detail} > tol {tol:g}: fell back to cg")
+        return None
+    return solved.vector
 
 
 def unrolled_hypergradient(
@@ -290,4 +522,6 @@ def unrolled_hypergradient(
         return val_loss(list(w))
 
     grads, value = grad_and_value(upper)(tuple(t.detach() for t in alpha))
-    return HypergradientResult(grads=[g.detach() for g in grads], val_loss=float(value))
+    return HypergradientResult(
+        grads=[g.detach() for g in grads], val_loss=float(value), solver="unrolled"
+    )

@@ -11,7 +11,9 @@ come from :mod:`~autorobust.methods.autobalance.split`. The parametric loss is e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,53 @@ from autorobust.methods.autobalance.split import split_for_bilevel
 from autorobust.train.registry import register_trainer
 from autorobust.train.trainer import LabeledImages, Trainer
 
-__all__ = ["BilevelTrainer", "bilevel_loss", "build_bilevel_trainer"]
+__all__ = [
+    "BilevelTrainer",
+    "HyperProblem",
+    "bilevel_loss",
+    "build_bilevel_trainer",
+    "solver_options",
+]
+
+
+def solver_options(bilevel: BilevelConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`implicit_hypergradient` that ``bilevel`` sets (solver,
+    series length and tolerance, η and its guards, CG's budget, damping)."""
+    return {
+        "solver": bilevel.hypergradient,
+        "terms": bilevel.neumann_terms,
+        "neumann_tol": bilevel.neumann_tol,
+        "eta": bilevel.eta,
+        "eta_scale": bilevel.eta_scale,
+        "eta_halvings": bilevel.eta_halvings,
+        "power_iterations": bilevel.power_iterations,
+        "cg_iterations": bilevel.cg_iterations,
+        "cg_tol": bilevel.cg_tol,
+        "damping": bilevel.damping,
+    }
+
+
+@dataclass
+class HyperProblem:
+    """The bilevel problem of one upper step, as closures over the sampled batches.
+
+    Attributes:
+        train_loss: (w, α) ↦ mean parametric loss on the training batches + (λ/2)‖w‖².
+        val_loss: w ↦ the validation objective on the validation batches.
+        params: w, the lower-level weights differentiated through (the head's, or all).
+        alpha: α, the learned raw loss parameters (the loss's own tensors, in ``alpha_names``
+            order).
+        alpha_names: names of the learned raw parameters (``raw_scale``, ``raw_offset``,
+            ``raw_weight``).
+        generator: the step's CPU generator (it drew the batches; it seeds the power iteration).
+    """
+
+    train_loss: Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
+    val_loss: Callable[[Sequence[Tensor]], Tensor]
+    params: list[Tensor]
+    alpha: list[Tensor]
+    alpha_names: list[str]
+    generator: torch.Generator
 
 
 class BilevelTrainer(Trainer):
@@ -45,9 +93,12 @@ class BilevelTrainer(Trainer):
     ``upper_end_fraction`` of the epochs) one upper step: a hypergradient of the validation
     objective averaged over ``hyper_train_batches`` training and ``hyper_val_batches``
     validation batches (no augmentation; batch-norm in eval mode so the Hessian is of a fixed
-    function), clipped to ``upper_clip``, then an Adam/SGD step on the loss's raw parameters, which
-    are then clipped to their bounds (offsets are also centred: a common shift of ι changes
-    nothing). The ``val`` passed to :meth:`fit` is the upper level's validation data.
+    function), clipped to ``upper_clip``, then an Adam/SGD step on the learned raw parameters,
+    which are then clipped to their bounds (learned offsets are also centred: a common shift of ι
+    changes nothing). Parameters that are not learned are never changed. A step whose
+    hypergradient the solver cannot vouch for (negative curvature) is skipped: no optimiser step,
+    the reason in ``hyper_log``. The ``val`` passed to :meth:`fit` is the upper level's
+    validation data.
 
     Args:
         bilevel: the AutoBalance settings.
@@ -112,12 +163,14 @@ class BilevelTrainer(Trainer):
         if self.bilevel.objective == "fairness" and self.val_group_tensor is None:
             raise DataError("bilevel.objective 'fairness' needs group attributes in the data")
 
-    def _groups_tensor(self, groups: np.ndarray | None, n: int) -> Tensor | None:
+    def _groups_tensor(self, groups: np.ndarray | Tensor | None, n: int) -> Tensor | None:
         if groups is None:
             return None
         if len(groups) != n:
             raise ValueError(f"expected {n} group attributes, got {len(groups)}")
-        return torch.as_tensor(np.asarray(groups), dtype=torch.int64, device=self.device)
+        # torch.as_tensor, not np.asarray: the attributes may already be a tensor on an
+        # accelerator, which numpy cannot read.
+        return torch.as_tensor(groups, dtype=torch.int64, device=self.device)
 
     def fit_data(self, splits: Any) -> tuple[LabeledImages, LabeledImages]:
         """The lower level's training data and the upper level's validation data."""
@@ -159,8 +212,11 @@ class BilevelTrainer(Trainer):
         size = min(n, batches * self.settings.batch_size)
         return torch.randperm(n, generator=generator)[:size].to(self.device)
 
-    def upper_step(self, step: int) -> HypergradientResult:
-        """One hypergradient step on the loss parameters; appends its diagnostics to the log."""
+    @contextmanager
+    def hyper_problem(self, step: int) -> Iterator[HyperProblem]:
+        """The bilevel problem of the upper step at ``step`` (batches drawn from a generator
+        seeded by the run's seed and ``step``, so the same step gives the same problem); the
+        model is in eval mode while the context is open."""
         cfg, loss = self.bilevel, self.loss
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, step, 7]).generate_state(1)[0])
@@ -200,8 +256,6 @@ class BilevelTrainer(Trainer):
                 def logits_va(w: Sequence[Tensor]) -> Tensor:
                     return F.linear(f_va, w[0], w[1])
             else:
-                from torch.func import functional_call
-
                 names = [n for n, _ in self.model.named_parameters()]
                 params = [p for _, p in self.model.named_parameters()]
                 buffers = dict(self.model.named_buffers())
@@ -235,33 +289,43 @@ class BilevelTrainer(Trainer):
                 )
 
             alpha = [getattr(loss, name) for name in alpha_names]
-            if cfg.hypergradient == "unrolled":
-                lr = self.optimizer.param_groups[0]["lr"]
-                result = unrolled_hypergradient(train_loss, val_loss, params, alpha, lr=lr)
-            else:
-                result = implicit_hypergradient(
-                    train_loss,
-                    val_loss,
-                    params,
-                    alpha,
-                    solver=cfg.hypergradient,
-                    terms=cfg.neumann_terms,
-                    eta=cfg.eta,
-                    eta_scale=cfg.eta_scale,
-                    power_iterations=cfg.power_iterations,
-                    cg_iterations=cfg.cg_iterations,
-                    damping=cfg.damping,
-                    generator=generator,
-                )
+            yield HyperProblem(train_loss, val_loss, params, alpha, alpha_names, generator)
         finally:
             self.model.train(was_training)
+
+    def hypergradient(self, problem: HyperProblem) -> HypergradientResult:
+        """The configured hypergradient of ``problem`` (with the solver guards)."""
+        cfg = self.bilevel
+        if cfg.hypergradient == "unrolled":
+            lr = self.optimizer.param_groups[0]["lr"]
+            return unrolled_hypergradient(
+                problem.train_loss, problem.val_loss, problem.params, problem.alpha, lr=lr
+            )
+        return implicit_hypergradient(
+            problem.train_loss,
+            problem.val_loss,
+            problem.params,
+            problem.alpha,
+            **solver_options(cfg),
+            generator=problem.generator,
+        )
+
+    def upper_step(self, step: int) -> HypergradientResult:
+        """One hypergradient step on the learned loss parameters, or none when the hypergradient
+        was skipped (``result.skipped``); appends its diagnostics to the log."""
+        with self.hyper_problem(step) as problem:
+            result = self.hypergradient(problem)
         norm = tensor_norm(result.grads)
-        clip = min(1.0, cfg.upper_clip / norm) if norm > 0 and math.isfinite(norm) else 0.0
-        self.upper_optimizer.zero_grad(set_to_none=True)
-        for param, grad in zip(alpha, result.grads, strict=True):
-            param.grad = torch.nan_to_num(grad * clip, nan=0.0, posinf=0.0, neginf=0.0)
-        self.upper_optimizer.step()
-        self._project()
+        if result.skipped is None:
+            clip = min(1.0, self.bilevel.upper_clip / norm) if 0 < norm < math.inf else 0.0
+            self.upper_optimizer.zero_grad(set_to_none=True)
+            for param, grad in zip(problem.alpha, result.grads, strict=True):
+                param.grad = torch.nan_to_num(grad * clip, nan=0.0, posinf=0.0, neginf=0.0)
+            self.upper_optimizer.step()
+            self._project()
+        else:
+            # No step at all: Adam's momentum would otherwise move α without a hypergradient.
+            clip = 0.0
         entry = {
             "step": step,
             "epoch": step // self.steps_per_epoch,
@@ -273,35 +337,47 @@ class BilevelTrainer(Trainer):
 
     @torch.no_grad()
     def _project(self) -> None:
+        """Centre and clip the learned raw parameters; the others keep their values (a CDT or
+        logit-adjustment start that is not learned stays exactly as configured)."""
         cfg, loss = self.bilevel, self.loss
-        loss.raw_offset.sub_(loss.raw_offset.mean(dim=1, keepdim=True))
-        loss.raw_offset.clamp_(-cfg.offset_bound, cfg.offset_bound)
-        if loss.scale_parameterisation == "exp":
-            # A common factor of Δ is a temperature of the raw logits, which the upper objective
-            # (measured on the raw logits) would exploit for calibration rather than balance:
-            # fix the geometric mean of Δ to 1.
-            loss.raw_scale.sub_(loss.raw_scale.mean(dim=1, keepdim=True))
-        loss.raw_scale.clamp_(-cfg.log_scale_bound, cfg.log_scale_bound)
-        # Mean log-weight 0 keeps the loss (hence the effective learning rate) on CE's scale.
-        loss.raw_weight.sub_(loss.raw_weight.mean(dim=1, keepdim=True))
-        loss.raw_weight.clamp_(-cfg.log_weight_bound, cfg.log_weight_bound)
+        if cfg.learn_offset:
+            loss.raw_offset.sub_(loss.raw_offset.mean(dim=1, keepdim=True))
+            loss.raw_offset.clamp_(-cfg.offset_bound, cfg.offset_bound)
+        if cfg.learn_scale:
+            if loss.scale_parameterisation == "exp":
+                # A common factor of Δ is a temperature of the raw logits, which the upper
+                # objective (measured on the raw logits) would exploit for calibration rather
+                # than balance: fix the geometric mean of Δ to 1.
+                loss.raw_scale.sub_(loss.raw_scale.mean(dim=1, keepdim=True))
+            loss.raw_scale.clamp_(-cfg.log_scale_bound, cfg.log_scale_bound)
+        if cfg.learn_weight:
+            # Mean log-weight 0 keeps the loss (hence the effective learning rate) on CE's scale.
+            loss.raw_weight.sub_(loss.raw_weight.mean(dim=1, keepdim=True))
+            loss.raw_weight.clamp_(-cfg.log_weight_bound, cfg.log_weight_bound)
 
     # -- results and checkpoints -----------------------------------------------------------------
 
     def extra_metrics(self, train: LabeledImages) -> dict[str, Any]:
         """The learned per-class parameters, a summary of the upper steps and their log."""
         lambdas = [e["lambda_max"] for e in self.hyper_log if e["lambda_max"] is not None]
-        growing = sum(
-            1
-            for e in self.hyper_log
-            if len(e["term_norms"]) > 1 and e["term_norms"][-1] > e["term_norms"][0]
-        )
+        skipped = [e for e in self.hyper_log if e.get("skipped")]
         return {
             "learned_loss": self.loss.class_parameters(),
-            "upper_steps": len(self.hyper_log),
+            "upper_steps": len(self.hyper_log) - len(skipped),
+            "skipped_steps": len(skipped),
             "lambda_max_first_last": [lambdas[0], lambdas[-1]] if lambdas else None,
-            "neumann_diverging_steps": growing,
-            "clipped_steps": sum(1 for e in self.hyper_log if e["clip_factor"] < 1.0),
+            # Steps whose Neumann terms grew at some point (the guards then halved η, fell back
+            # to CG or skipped), and steps where a guard acted at all.
+            "neumann_diverging_steps": sum(
+                1 for e in self.hyper_log if e.get("neumann_growths", 0) > 0
+            ),
+            "guarded_steps": sum(1 for e in self.hyper_log if e.get("events") or e.get("skipped")),
+            "clipped_steps": sum(
+                1 for e in self.hyper_log if not e.get("skipped") and e["clip_factor"] < 1.0
+            ),
+            "hvps_per_step": float(np.mean([e.get("hvps", 0) for e in self.hyper_log]))
+            if self.hyper_log
+            else None,
             "bilevel_train_class_counts": np.bincount(
                 self.train_data.labels, minlength=self.loss.num_classes
             ).tolist(),
