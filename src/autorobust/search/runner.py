@@ -155,8 +155,8 @@ class SearchSettings:
     multivariate: bool = False
     pruner: Literal["median", "none"] = "median"
     # The defaults of SearchConfig (see its docstring for the measurement behind them).
-    pruner_startup_trials: int = 5
-    pruner_warmup_steps: int = 3
+    pruner_startup_trials: int = 10
+    pruner_warmup_steps: int = 5
     directions: tuple[str, ...] = ("maximize",)
     heartbeat_interval: int = 60
     grace_period: int | None = None
