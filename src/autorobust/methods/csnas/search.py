@@ -21,7 +21,6 @@ Run directory: ``study.db``, ``search.json`` (best trial, every trial's fitness,
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -217,9 +216,6 @@ def run_search(
         directions=("minimize",),
         space={**space.describe(), "fitness": scorer.name, "proxy": proxy},
     )
-    # Seeded from the config so a fresh study is reproducible (the runner mixes in the number of
-    # stored trials on resume, so a resumed study does not replay its first proposals).
-    settings = dataclasses.replace(settings, seed=config.seed)
     study = run_study(objective, settings, run_dir)
     trials = _trial_table(study)
     summary = finish_study(
