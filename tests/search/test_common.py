@@ -7,6 +7,7 @@ failed trials left, and identical searches propose identical trials.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,31 @@ def test_retried_trial_resumes_from_the_dead_trials_checkpoint(
     assert sorted(p.name for p in trial_dir(run_dir, retry.number).iterdir()) == [
         ".lock", "config.yaml", "data.json", "metrics.json",
     ]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")
+def test_retried_trial_starts_afresh_over_an_unusable_folder(tmp_path: Path) -> None:
+    config = _demo(
+        tmp_path, "search.n_trials=1", "search.trial_epochs=2", "search.heartbeat_interval=1"
+    )
+    run_dir = Path(config.run_dir)
+    settings = search_settings(config.search, study_name="baseline", space={})
+    abandoned = open_study(dataclasses.replace(settings, space=None), run_dir).ask()
+    BaselineLossSpace().suggest(abandoned)
+    # The dead worker left a checkpoint that cannot be read and the metrics of a finished run.
+    folder = trial_dir(run_dir, 0)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (folder / "metrics.json").write_text('{"history": []}')
+    baseline_search(config, retrain=False)
+    study = optuna.load_study(study_name="baseline", storage=f"sqlite:///{run_dir / 'study.db'}")
+    retry = study.trials[1]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_trial"] == 0
+    assert "resumed_from_epoch" not in retry.user_attrs  # trained from epoch 0
+    assert sorted(retry.intermediate_values) == [0, 1]
+    history = json.loads((trial_dir(run_dir, 1) / "metrics.json").read_text())["history"]
+    assert [record["epoch"] for record in history] == [0, 1]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")

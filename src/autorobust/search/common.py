@@ -79,7 +79,13 @@ def train_trial(trial: optuna.Trial, config: ExperimentConfig, splits: Splits) -
         prune_if_hopeless(trial, record.val_balanced_accuracy, record.epoch)
 
     result = train_run(
-        config, resume=resume, callbacks=[report], splits=splits, evaluate_test=False
+        config,
+        resume=resume,
+        # A dead trial may have left metrics but no usable checkpoint: start afresh over them.
+        overwrite=taken is not None and not resume,
+        callbacks=[report],
+        splits=splits,
+        evaluate_test=False,
     )
     (directory / CHECKPOINT_NAME).unlink(missing_ok=True)
     return result
