@@ -31,6 +31,7 @@ import yaml
 from autorobust._io import exclusive_directory, missing_directories, write_json, write_text
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.base import SOURCES, create_source
+from autorobust.data.relabel import read_relabel_file, relabel_file_sha256
 from autorobust.data.splits import Splits, make_splits
 from autorobust.data.tensors import Normalization, images_to_tensor, resolve_device
 from autorobust.errors import AutorobustError, ConfigError
@@ -110,7 +111,9 @@ def check_config(config: ExperimentConfig) -> None:
 
 
 def build_splits(config: ExperimentConfig) -> Splits:
-    """Load the configured source and apply the configured shift (seeded by ``config.seed``)."""
+    """Load the configured source and apply the configured shift (seeded by ``config.seed``), then
+    the relabel file ``data.relabel_file`` if one is given (the training pool is then the kept
+    samples with their new labels; see :func:`autorobust.data.splits.apply_relabel`)."""
     import autorobust.data.sources  # noqa: F401 - registers the sources
 
     source = create_source(config.data.source, **config.data.options).load()
@@ -121,6 +124,8 @@ def build_splits(config: ExperimentConfig) -> Splits:
             f"shift.noise_matrix: is {len(matrix)} x {len(matrix)}, but data source "
             f"{config.data.source!r} has {source.num_classes} classes"
         )
+    relabel_file = config.data.relabel_file
+    relabel = None if relabel_file is None else read_relabel_file(relabel_file)
     return make_splits(
         source,
         meta_per_class=config.data.meta_per_class,
@@ -133,6 +138,7 @@ def build_splits(config: ExperimentConfig) -> Splits:
         noise_matrix=None if shift.noise_matrix is None else np.asarray(shift.noise_matrix),
         include_true_class=shift.include_true_class,
         unlabeled_fraction=config.data.unlabeled_fraction,
+        relabel=relabel,
         seed=config.seed,
     )
 
@@ -158,10 +164,21 @@ def build_loss(config: ExperimentConfig, splits: Splits) -> ClassificationLoss:
 
 def config_fingerprint(config: ExperimentConfig) -> str:
     """Hash of everything that determines the trained weights (not run_dir, device, progress or
-    threads)."""
+    threads).
+
+    A relabel file enters by the SHA-256 of its content, not by its path: a run cannot resume on
+    labels that changed, and moving the file changes nothing. Without one, the hash is the same
+    as before ``data.relabel_file`` existed, so older checkpoints still resume.
+
+    Raises:
+        DataError: ``data.relabel_file`` is set but cannot be read.
+    """
     relevant = config.to_dict()
     for key in ("run_dir", "device", "search"):
         relevant.pop(key)
+    relabel_file = relevant["data"].pop("relabel_file")
+    if relabel_file is not None:
+        relevant["data"]["relabel_sha256"] = relabel_file_sha256(relabel_file)
     relevant["train"].pop("progress")
     relevant["train"].pop("threads")  # changes the last bits at most, like the device
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -243,6 +260,12 @@ def train_run(
         callbacks=callbacks,
         fingerprint=config_fingerprint(config),
     )
+    if splits.train.weights is not None and not trainer.applies_sample_weights():
+        raise ConfigError(
+            f"data.relabel_file: {config.data.relabel_file} holds per-sample weights, which "
+            f"method {config.method!r} does not apply; use a file without weights or a method "
+            "that trains through Trainer.batch_loss (erm)"
+        )
     train_data, val_data = trainer.fit_data(splits)
     with _run_directory(run_dir, resume=resume, overwrite=overwrite):
         write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))

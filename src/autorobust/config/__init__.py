@@ -78,6 +78,14 @@ class DataConfig(StrictModel):
     """Clean, class-balanced images per class drawn before the shift: MW-Net's meta set."""
     unlabeled_fraction: float = Field(0.1, gt=0.0, le=1.0)
     """Fraction of the training pool, class-balanced, exposed without labels."""
+    relabel_file: str | None = None
+    """An ``.npz`` relabel file (``autorobust.data.relabel``; a sample-selection method writes
+    it) that replaces the shifted pool's observed labels: ``labels`` int64 (N,) in pool order, -1
+    = dropped (the sample leaves the pool); ``source_index`` (N,), which must equal the pool's (a
+    file made for another config or seed is refused); optional ``weights`` float (N,) in [0, 1]
+    (the loss becomes sum(w * loss) / sum(w) over a batch). Relative paths are taken from the
+    working directory. The file's content is part of the checkpoint fingerprint. None: the
+    observed labels."""
 
     _options_finite = field_validator("options")(_finite_options)
 

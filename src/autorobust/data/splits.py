@@ -8,8 +8,11 @@
    selection uses it, never the test set);
 3. the rest is subsampled to the imbalance profile, then its labels are corrupted by the noise
    model; clean labels, the noise mask and the indices into the source are kept;
-4. the **unlabeled view** (CSNAS's search subset) is a class-balanced ``unlabeled_fraction`` of
-   the shifted training pool with its labels dropped: the same number of images of every class
+4. a **relabel file** (``data.relabel_file``, :mod:`autorobust.data.relabel`), when given,
+   replaces the pool's observed labels by a cleaned set: samples whose label it drops leave the
+   pool, the others keep their (possibly new) label and an optional weight;
+5. the **unlabeled view** (CSNAS's search subset) is a class-balanced ``unlabeled_fraction`` of
+   the (cleaned) training pool with its labels dropped: the same number of images of every class
    (by clean label), fraction * N / K, or all of a class that has fewer. On a long-tailed pool it
    therefore holds fewer than fraction * N images; the paper searches on a balanced subset, and a
    search subset with the training pool's long tail would favour cells that serve the head.
@@ -34,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autorobust.data.base import ImageDataset, SourceData
+from autorobust.data.relabel import DROPPED, RelabelFile
 from autorobust.data.shift import (
     apply_label_noise,
     imbalance_indices,
@@ -41,9 +45,9 @@ from autorobust.data.shift import (
     noise_transition_matrix,
     step_counts,
 )
-from autorobust.errors import ConfigError, ShiftError
+from autorobust.errors import ConfigError, DataError, ShiftError
 
-__all__ = ["Splits", "TrainingPool", "make_splits"]
+__all__ = ["Splits", "TrainingPool", "apply_relabel", "make_splits"]
 
 _IMBALANCE_KINDS = ("none", "long_tail", "step")
 _NOISE_KINDS = ("none", "symmetric", "pair", "matrix")
@@ -60,6 +64,8 @@ class TrainingPool:
         noise_mask: bool (N,), ``labels != clean_labels``.
         source_index: int64 (N,), positions in the source's train split, sorted ascending.
         groups: optional int64 (N,) group attributes carried over from the source.
+        weights: optional float64 (N,) in [0, 1], per-sample confidences from a relabel file;
+            the trainer's loss is then the weighted mean over a batch. None: unweighted.
     """
 
     images: np.ndarray
@@ -68,6 +74,7 @@ class TrainingPool:
     noise_mask: np.ndarray
     source_index: np.ndarray
     groups: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -86,6 +93,12 @@ class TrainingPool:
             )
         if self.groups is not None and self.groups.shape != (n,):
             raise ValueError(f"groups must have shape ({n},), got {self.groups.shape}")
+        if self.weights is not None and (
+            self.weights.dtype != np.float64 or self.weights.shape != (n,)
+        ):
+            raise ValueError(
+                f"weights must be float64 ({n},), got {self.weights.dtype} {self.weights.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,6 +127,8 @@ class Splits:
         unlabeled_index: int64 (U,), positions of ``unlabeled`` in ``train``, sorted (for
             bookkeeping; a label-free method must not read labels through it).
         class_names: the K class names.
+        relabel: what a relabel file did to the pool (file, SHA-256, sizes, the observed class
+            counts before it), or None when no file was applied.
     """
 
     train: TrainingPool
@@ -123,6 +138,7 @@ class Splits:
     unlabeled: np.ndarray
     unlabeled_index: np.ndarray
     class_names: tuple[str, ...]
+    relabel: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -132,7 +148,8 @@ class Splits:
     @property
     def train_class_counts(self) -> np.ndarray:
         """int64 (K,), training images per *observed* label: the n_c that losses such as
-        logit adjustment see (the clean counts are unknown to a learner)."""
+        logit adjustment see (the clean counts are unknown to a learner). After a relabel file,
+        the counts of the labels actually trained on (kept samples, new labels)."""
         return np.bincount(self.train.labels, minlength=self.num_classes).astype(np.int64)
 
     def summary(self) -> dict[str, Any]:
@@ -140,7 +157,7 @@ class Splits:
         k = self.num_classes
         clean_counts = np.bincount(self.train.clean_labels, minlength=k)
         nonzero = clean_counts[clean_counts > 0]
-        return {
+        summary: dict[str, Any] = {
             "num_classes": k,
             "class_names": list(self.class_names),
             "train_size": len(self.train),
@@ -154,6 +171,9 @@ class Splits:
             "imbalance_ratio": float(nonzero.max() / nonzero.min()) if nonzero.size else 1.0,
             "noise_rate": self.train.realised_noise_rate,
         }
+        if self.relabel is not None:
+            summary["relabel"] = dict(self.relabel)
+        return summary
 
 
 def _check_number(name: str, value: float, low: float, high: float, closed_high: bool) -> None:
@@ -221,6 +241,7 @@ def make_splits(
     noise_matrix: np.ndarray | None = None,
     include_true_class: bool = False,
     unlabeled_fraction: float = 0.1,
+    relabel: RelabelFile | None = None,
     seed: int,
 ) -> Splits:
     """Build the experiment's splits from ``source`` in the fixed order of the module docstring.
@@ -243,6 +264,8 @@ def make_splits(
         unlabeled_fraction: the unlabeled view holds round(fraction * N / K) images of every
             class (by clean label) of the shifted training pool of N images, or all of a smaller
             class; at least one image per present class.
+        relabel: a relabel file (:func:`autorobust.data.relabel.read_relabel_file`) to apply to
+            the shifted pool (see :func:`apply_relabel`); None: keep the observed labels.
         seed: non-negative integer seeding all four random streams.
 
     Returns:
@@ -251,6 +274,7 @@ def make_splits(
     Raises:
         ConfigError: an argument is out of range or contradicts another.
         ShiftError: the shift is impossible for this source (a class too small, an empty class).
+        DataError: the relabel file does not fit this pool (see :func:`apply_relabel`).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
@@ -335,10 +359,13 @@ def make_splits(
         source_index=train_index,
         groups=groups,
     )
+    relabel_summary = None
+    if relabel is not None:
+        train, relabel_summary = apply_relabel(train, relabel, tuple(source.class_names))
 
-    # (4) Stratified by the clean label so the view has the shifted class distribution exactly,
+    # (5) Stratified by the clean label so the view has the shifted class distribution exactly,
     # whatever the noise; the labels themselves are dropped.
-    unlabeled_index = _balanced_sample(clean, k, unlabeled_fraction, unlabeled_rng)
+    unlabeled_index = _balanced_sample(train.clean_labels, k, unlabeled_fraction, unlabeled_rng)
     return Splits(
         train=train,
         meta=source.train.subset(meta_index),
@@ -347,4 +374,85 @@ def make_splits(
         unlabeled=train.images[unlabeled_index],
         unlabeled_index=unlabeled_index,
         class_names=tuple(source.class_names),
+        relabel=relabel_summary,
     )
+
+
+def apply_relabel(
+    pool: TrainingPool, relabel: RelabelFile, class_names: tuple[str, ...]
+) -> tuple[TrainingPool, dict[str, Any]]:
+    """The pool with a relabel file applied: only the kept samples, with their new labels.
+
+    A kept sample has a label in 0..K-1 in the file; its images, clean label, source index, groups
+    and weight (if the file has weights) are carried over, and its noise flag is recomputed
+    against the new label, so ``noise_mask`` and the realised noise rate describe the cleaned set.
+
+    Args:
+        pool: the shifted training pool (N samples).
+        relabel: the file, as read by :func:`autorobust.data.relabel.read_relabel_file`.
+        class_names: the K class names (for messages).
+
+    Returns:
+        (the cleaned pool, a JSON-serialisable summary for ``data.json``: file, sha256,
+        pool_size, kept, dropped, relabelled (kept with a label other than the observed one),
+        weighted, mean_weight (of kept samples, or None) and pool_class_counts (observed, before
+        the file)).
+
+    Raises:
+        DataError: one line naming the file: it was made for another pool (length or
+            ``source_index`` differ: another config or seed), a label is not a class of this
+            source, or a class keeps no sample (with a weight > 0).
+    """
+    path, k = relabel.path, len(class_names)
+    n = len(pool)
+    if len(relabel.labels) != n:
+        raise DataError(
+            f"{path}: has {len(relabel.labels)} labels, but this config's training pool has {n} "
+            "samples (made for another config or seed?)"
+        )
+    if not np.array_equal(relabel.source_index, pool.source_index):
+        first = int(np.flatnonzero(relabel.source_index != pool.source_index)[0])
+        raise DataError(
+            f"{path}: source_index differs from this config's training pool (first at position "
+            f"{first}): made for another config or seed"
+        )
+    labels = relabel.labels
+    if n and labels.max() >= k:
+        raise DataError(
+            f"{path}: labels must be -1 (dropped) or a class in 0..{k - 1}, found "
+            f"{int(labels.max())}"
+        )
+    kept = np.flatnonzero(labels != DROPPED)
+    weights = None if relabel.weights is None else relabel.weights[kept]
+    new_labels = labels[kept]
+    # A class whose every kept sample has weight 0 is as empty as one with no sample: a prior-based
+    # loss would still count it, yet nothing of it is learned.
+    counted = new_labels if weights is None else new_labels[weights > 0]
+    present = np.bincount(counted, minlength=k)
+    if (present == 0).any():
+        c = int(np.flatnonzero(present == 0)[0])
+        raise DataError(
+            f"{path}: keeps no sample of class {c} ({class_names[c]!r}) with a weight > 0; "
+            "every class needs at least one"
+        )
+    cleaned = TrainingPool(
+        images=pool.images[kept],
+        labels=new_labels,
+        clean_labels=pool.clean_labels[kept],
+        noise_mask=new_labels != pool.clean_labels[kept],
+        source_index=pool.source_index[kept],
+        groups=None if pool.groups is None else pool.groups[kept],
+        weights=weights,
+    )
+    summary = {
+        "file": str(path),
+        "sha256": relabel.sha256,
+        "pool_size": n,
+        "kept": int(kept.size),
+        "dropped": int(n - kept.size),
+        "relabelled": int((new_labels != pool.labels[kept]).sum()),
+        "weighted": weights is not None,
+        "mean_weight": None if weights is None or not weights.size else float(weights.mean()),
+        "pool_class_counts": np.bincount(pool.labels, minlength=k).tolist(),
+    }
+    return cleaned, summary

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from autorobust._io import atomic_write
 from autorobust.config import TrainConfig
 from autorobust.data.augment import BatchAugment
 from autorobust.data.tensors import Normalization, images_to_tensor, to_unit_float
-from autorobust.errors import AutorobustError
+from autorobust.errors import AutorobustError, ConfigError
 from autorobust.losses.base import ClassificationLoss
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.schedule import lr_factor
@@ -111,7 +111,8 @@ class Trainer:
     """Trains ``model`` on a training split, selecting the epoch by balanced accuracy on validation.
 
     During :meth:`fit`, ``train_images`` / ``val_images`` (uint8 (N, C, H, W) on ``device``),
-    ``train_labels`` / ``val_labels`` (int64 (N,)), ``train_groups`` (int64 (N,) or None) and
+    ``train_labels`` / ``val_labels`` (int64 (N,)), ``train_groups`` (int64 (N,) or None),
+    ``train_weights`` (float32 (N,) per-sample weights of a relabel file, or None) and
     ``normalize`` are available to subclasses.
 
     Args:
@@ -124,6 +125,12 @@ class Trainer:
         callbacks: called with each :class:`EpochRecord` after its checkpoint is written; a search
             uses this to report intermediate values (and may raise to prune the trial).
     """
+
+    sample_weights: ClassVar[bool | None] = None
+    """Whether the training data's per-sample weights reach the loss. None (the default): exactly
+    when :meth:`training_step` is not overridden, since the default step computes its loss with
+    :meth:`batch_loss`, which applies them. A subclass that overrides the step and calls
+    :meth:`batch_loss` sets True."""
 
     def __init__(
         self,
@@ -179,16 +186,36 @@ class Trainer:
         """Mean training loss of a batch: logits (B, K), labels (B,), positions ``index`` (B,).
 
         A loss with per-group parameters (``uses_groups``, e.g. AutoBalance's group-sensitive
-        loss) also receives the batch's group attributes.
+        loss) also receives the batch's group attributes. When the training data carry
+        per-sample weights w (a relabel file's confidences), the loss is the weighted mean
+        sum_i w_i l_i / sum_i w_i of the per-sample losses l_i (0 for a batch whose weights are
+        all 0); without weights it is the loss's own mean, computed exactly as before.
         """
-        if not getattr(self.loss, "uses_groups", False):
-            return self.loss(logits, y)
-        if self.train_groups is None:
+        weights = getattr(self, "train_weights", None)
+        uses_groups = getattr(self.loss, "uses_groups", False)
+        if uses_groups and self.train_groups is None:
             raise AutorobustError(
                 f"loss {type(self.loss).__name__} has per-group parameters, but the training "
                 "data carries no group attributes"
             )
-        return self.loss(logits, y, groups=self.train_groups[index])
+        if weights is None:
+            if not uses_groups:
+                return self.loss(logits, y)
+            return self.loss(logits, y, groups=self.train_groups[index])
+        if uses_groups:
+            losses = self.loss.per_sample(logits, y, groups=self.train_groups[index])
+        else:
+            losses = self.loss.per_sample(logits, y)
+        w = weights[index].to(losses.dtype)
+        # The clamp only matters for an all-zero batch, whose weighted sum is 0 already.
+        return (w * losses).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+    @classmethod
+    def applies_sample_weights(cls) -> bool:
+        """Whether this trainer applies per-sample weights (see :attr:`sample_weights`)."""
+        if cls.sample_weights is not None:
+            return cls.sample_weights
+        return cls.training_step is Trainer.training_step
 
     def fit_data(self, splits: Splits) -> tuple[LabeledImages, LabeledImages]:
         """(training data, validation data) a run of ``splits`` fits on: the training pool and the
@@ -242,6 +269,17 @@ class Trainer:
             None
             if groups is None
             else torch.as_tensor(groups, dtype=torch.int64, device=self.device)
+        )
+        weights = getattr(train, "weights", None)
+        if weights is not None and not self.applies_sample_weights():
+            raise ConfigError(
+                f"the training data carry per-sample weights, which {type(self).__name__} "
+                "does not apply (it trains without Trainer.batch_loss)"
+            )
+        self.train_weights = (
+            None
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float32, device=self.device)
         )
         num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
         self.augment.check_classes(num_classes)
