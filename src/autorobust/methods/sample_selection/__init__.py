@@ -1,0 +1,63 @@
+"""Sample selection and relabelling: detection of noisy labels turned into a cleaned label set.
+
+A probe model trained on the noisy pool says, per sample, how likely its observed label is right;
+this package turns that into the labels the final model trains on (issue 13, item 3; METHODS.md
+section 6). It draws on the small-loss selection of DivideMix (Li et al., ICLR 2020) and the
+prototype distances and soft relabelling of RoLT (Wei et al., 2021); the code is our own.
+
+- ``probe.py``: :class:`ProbeOutputs`, the arrays a probe produced (logits, penultimate features,
+  per-sample losses, MW-Net's weights) for the pool and the clean meta set;
+- ``detectors/``: one module per detector, registered by name: ``posterior``, ``small_loss``,
+  ``prototype``, ``weights``;
+- ``rules.py``: per-class selection rules ``meta_quantile`` (default), ``gmm``, ``otsu``, and the
+  ``min_keep`` guarantee that no class is emptied;
+- ``relabelling.py``: which rejected samples take the probe's confident prediction;
+- ``pipeline.py``: :func:`run_selection`: detector -> rule -> relabelling -> the relabel file
+  (``data.relabel_file``, :mod:`autorobust.data.relabel`) and a summary for the report;
+- ``config.py``: :class:`SelectionConfig`, the settings and their defaults.
+
+The final model trains on the file like on any pool: ``splits.train`` holds the kept samples with
+their new labels, and every prior-based loss uses the counts of those labels.
+"""
+
+from __future__ import annotations
+
+from autorobust.methods.sample_selection.config import SelectionConfig
+from autorobust.methods.sample_selection.detectors import DETECTORS, Detector, create_detector
+from autorobust.methods.sample_selection.pipeline import (
+    Selection,
+    run_selection,
+    select_labels,
+    selection_summary,
+    write_selection,
+)
+from autorobust.methods.sample_selection.probe import (
+    ProbeOutputs,
+    collect_probe_outputs,
+    read_sample_weights,
+)
+from autorobust.methods.sample_selection.rules import (
+    RULES,
+    SelectionRule,
+    create_rule,
+    select_per_class,
+)
+
+__all__ = [
+    "DETECTORS",
+    "RULES",
+    "Detector",
+    "ProbeOutputs",
+    "Selection",
+    "SelectionConfig",
+    "SelectionRule",
+    "collect_probe_outputs",
+    "create_detector",
+    "create_rule",
+    "read_sample_weights",
+    "run_selection",
+    "select_labels",
+    "select_per_class",
+    "selection_summary",
+    "write_selection",
+]
