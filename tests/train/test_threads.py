@@ -72,6 +72,18 @@ def test_auto_shares_the_cores_among_the_live_processes(
             proc.kill()
             proc.communicate(timeout=30)
     assert count_processes(folder) == 1
+    # The file of a process that ended goes as soon as another process registers.
+    ended = _holder(folder)
+    ended.kill()
+    ended.communicate(timeout=30)
+    assert len(list(folder.glob(f"{ended.pid}-*.process"))) == 1
+    fresh = _holder(folder)
+    try:
+        assert list(folder.glob(f"{ended.pid}-*.process")) == []
+        assert len(list(folder.glob(f"{fresh.pid}-*.process"))) == 1
+    finally:
+        fresh.kill()
+        fresh.communicate(timeout=30)
 
 
 def test_explicit_counts_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,7 @@ def register_process(folder: Path | None = None) -> None:
     fcntl.flock(handle, fcntl.LOCK_EX)
     os.replace(pending, folder / f"{name}{_SUFFIX}")
     _registration = (os.getpid(), folder, handle)
+    count_processes(folder)  # removes the files of processes that have ended since
 
 
 def count_processes(folder: Path | None = None) -> int:
