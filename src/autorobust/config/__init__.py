@@ -247,8 +247,8 @@ class SearchConfig(StrictModel):
     """Epochs of every trial that are never pruned. Early epochs at a high learning rate say
     little about the end: with Optuna's defaults (5 trials, no warm-up) the pruner stopped 12 of 20
     trials after their first epoch, often at chance accuracy. Replayed on unpruned demo searches,
-    10 trials and 5 epochs lost none of the best trials and still saved a quarter of the epochs of
-    30-epoch trials (README, "Search"; ``benchmarks/pruner_defaults.py``)."""
+    10 trials and 5 epochs kept every search's best trial and still saved a quarter of the epochs
+    of 30-epoch trials (README, "Search"; ``benchmarks/pruner_defaults.py``)."""
     seed: int | None = Field(None, ge=0)
     """Seed of the sampler; default: the run's ``seed`` (``null`` written out: drawn from the OS).
     Trial k is proposed with the seed (seed, k): two identical single-worker searches propose
