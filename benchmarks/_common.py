@@ -44,8 +44,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
 
 
 def run_overrides(job: dict, run_dir: str) -> list[str]:
-    """Config overrides every benchmark run shares: ``job``'s seed, device, epochs, data root
-    (if set) and symmetric noise rate (0: no noise), a quiet trainer, and ``run_dir``."""
+    """Config overrides every benchmark run shares: ``job``'s seed, device, epochs, threads (if
+    set), data root (if set) and symmetric noise rate (0: no noise), a quiet trainer, and
+    ``run_dir``."""
     overrides = [
         f"seed={job['seed']}",
         f"run_dir={run_dir}",
@@ -53,6 +54,9 @@ def run_overrides(job: dict, run_dir: str) -> list[str]:
         f"train.epochs={job['epochs']}",
         "train.progress=false",
     ]
+    if job.get("threads"):
+        # Every training run sets torch's thread count from train.threads (default auto).
+        overrides.append(f"train.threads={job['threads']}")
     if job["data_root"]:
         overrides.append(f"data.options.root={job['data_root']}")
     if job["noise"] == 0:
