@@ -8,6 +8,9 @@ package                method
 ``autobalance``        AutoBalance: a parametric loss learned by bilevel optimisation (Li et al.,
                        NeurIPS 2021)
 ``csnas``              CSNAS: label-free DARTS cell search by a contrastive fitness (paper 000)
+``sample_selection``   noisy-label detection turned into a cleaned label set: per-class selection
+                       and relabelling from a probe's posterior, loss (DivideMix), clean-prototype
+                       similarity (RoLT) or MW-Net's weights; writes ``data.relabel_file``
 =====================  ==========================================================================
 
 Each package holds its config section (``config.py``, a leaf that imports only pydantic), its
