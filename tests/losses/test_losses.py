@@ -15,6 +15,10 @@ LOGITS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0]]
 TARGET = [0, 2, 1]
 COUNTS = [100, 10, 1]
 ALL_LOSSES = list_losses()
+# Options a loss cannot do without (a noise model estimated from data has no default).
+REQUIRED_OPTIONS = {
+    "forward_corrected": {"transition": [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.0, 0.8]]}
+}
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +48,7 @@ def test_registry_names() -> None:
         "class_balanced",
         "cross_entropy",
         "focal",
+        "forward_corrected",
         "generalized_ce",
         "ldam",
         "logit_adjustment",
@@ -191,7 +196,7 @@ def test_balanced_softmax_equals_logit_adjustment_tau_one() -> None:
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
 def test_gradients_finite_and_defaults_work(name: str) -> None:
-    loss = create_loss(name, class_counts=COUNTS)
+    loss = create_loss(name, class_counts=COUNTS, **REQUIRED_OPTIONS.get(name, {}))
     loss.on_epoch_start(9, 10)  # LDAM re-weighting on
     logits = torch.tensor(LOGITS, requires_grad=True)
     extreme = torch.tensor([[60.0, -60.0, 0.0]], requires_grad=True)  # p_y rounds to 1
@@ -205,12 +210,13 @@ def test_gradients_finite_and_defaults_work(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
 def test_search_space_names_real_hyperparameters(name: str) -> None:
-    loss = create_loss(name, class_counts=COUNTS)
+    required = REQUIRED_OPTIONS.get(name, {})
+    loss = create_loss(name, class_counts=COUNTS, **required)
     for key, (low, high, scale) in type(loss).search_space.items():
         assert key in loss.hyperparameters()
         assert low < high and scale in ("linear", "log", "int")
-        create_loss(name, class_counts=COUNTS, **{key: low})
-        create_loss(name, class_counts=COUNTS, **{key: high})
+        create_loss(name, class_counts=COUNTS, **required, **{key: low})
+        create_loss(name, class_counts=COUNTS, **required, **{key: high})
     if name == "cross_entropy":
         assert type(loss).search_space == {}
 

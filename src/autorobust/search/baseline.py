@@ -43,7 +43,9 @@ class BaselineLossSpace:
         self, *, losses: Sequence[str] | None = None, lr_range: tuple[float, float] = (0.005, 0.2)
     ) -> None:
         # "parametric" is AutoBalance's learned family (`search loss`); at its defaults it is CE.
-        default = tuple(name for name in LOSSES.names() if name != "parametric")
+        # "forward_corrected" needs a noise model estimated from the data (methods/glc).
+        excluded = ("parametric", "forward_corrected")
+        default = tuple(name for name in LOSSES.names() if name not in excluded)
         self.losses = tuple(losses) if losses is not None else default
         for name in self.losses:
             LOSSES.get(name)  # an unknown name fails here, listing the valid ones

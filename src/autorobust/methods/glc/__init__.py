@@ -1,0 +1,9 @@
+"""Gold Loss Correction (Hendrycks et al., NeurIPS 2018) with forward correction (Patrini et al.,
+CVPR 2017): a label-noise model estimated with a small clean set, and the losses that use it.
+
+- ``noise_model.py``: the transition matrix T̂ (GLC's estimate from the clean meta set, or the
+  confusion estimate from a probe's predictions on the pool), the clean class counts n̂, the
+  :class:`~autorobust.methods.glc.noise_model.NoiseModel` file, and its error against the truth of
+  a simulated shift;
+- ``loss.py``: loss ``forward_corrected``, −log (T̂ᵀ softmax(z + τ log π̂))_ỹ.
+"""
