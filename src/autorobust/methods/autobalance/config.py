@@ -63,6 +63,15 @@ class BilevelConfig(StrictModel):
     """τ of the logit-adjustment initialisation."""
     init_cdt_gamma: float = Field(0.0, ge=0.0)
     """γ of a CDT initialisation Δ_c = (n_c / n_max)^γ; 0: Δ = 1 (exp) or sigmoid(1) (sigmoid)."""
+    init_prior_counts: list[float] | None = None
+    """K counts > 0 whose proportions are the prior π of the logit-adjustment start (e.g. a noise
+    model's estimated clean counts); None: the observed counts of the lower level's data."""
+    transition: list[list[float]] | None = None
+    """Fixed K x K label-noise transition matrix T (T_ij = P(observed j | true i)): the family
+    becomes −ω_ỹ log (Tᵀ softmax(Δ ⊙ z + ι))_ỹ, forward correction composed with the learned
+    parameters. With ``init: logit_adjustment`` and ``init_prior_counts`` = the estimated clean
+    counts, AutoBalance starts from forward correction + logit adjustment at the clean prior.
+    None: no noise correction."""
     group_size: int | None = Field(None, ge=1)
     """Consecutive classes (in label order) sharing one parameter each; None: per class."""
     class_groups: list[int] | None = None
@@ -179,6 +188,10 @@ class BilevelConfig(StrictModel):
             raise ValueError(
                 f"tune: eta_scale only acts on the Neumann series; hypergradient is "
                 f"{self.hypergradient!r}"
+            )
+        if self.init_prior_counts is not None and self.init != "logit_adjustment":
+            raise ValueError(
+                f"init_prior_counts only sets the logit-adjustment start; init is {self.init!r}"
             )
         if self.scale_parameterisation == "sigmoid" and self.init_cdt_gamma > 0.0:
             raise ValueError(

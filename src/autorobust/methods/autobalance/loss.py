@@ -2,6 +2,11 @@
 
     ℓ(z, y) = −ω_y · log softmax(Δ ⊙ z + ι)_y,
 
+or, with a fixed noise ``transition`` T (T_ij = P(observed j | true i), METHODS.md §6), forward
+correction (Patrini et al., CVPR 2017) composed with the same scale, offset and weight:
+
+    ℓ(z, ỹ) = −ω_ỹ · log (Tᵀ softmax(Δ ⊙ z + ι))_ỹ,
+
 with per-class (or per-group-of-classes) multiplicative logit scales Δ > 0, additive offsets ι and
 loss weights ω > 0. Special points (tested): CE (Δ = 1, ι = 0, ω = 1), weighted CE (ω), logit
 adjustment (ι = τ log π), CDT (Δ_c = (n_c / n_max)^γ) and the VS loss (both). LDAM's margin on the
@@ -11,6 +16,10 @@ Positivity is by parameterisation: Δ = exp(d) (default: d = 0 is CE) or Δ = si
 authors' code); ω = exp(u). The raw parameters d, ι, u are ``nn.Parameter`` so the bilevel trainer
 can differentiate through them; ``autorobust train`` uses the loss with fixed values given as
 options (``scale``, ``offset``, ``weight`` per class) or a ``params_file`` written by the search.
+T is a buffer, never learned; it arrives as an option (this package does not import the noise
+model's), and ``prior_counts`` (e.g. estimated clean counts) set the logit-adjustment start
+ι = τ log π̂, so that AutoBalance can start from forward correction + logit adjustment at the
+estimated clean prior.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from torch import Tensor, nn
 
 from autorobust.errors import ConfigError
 from autorobust.losses.base import ClassificationLoss, _check_counts, _check_float, _check_inputs
+from autorobust.losses.forward_correction import check_transition_option, forward_corrected_nll
 from autorobust.losses.registry import register_loss
 
 __all__ = ["ParametricLoss", "class_to_group"]
@@ -69,7 +79,8 @@ def class_to_group(
 
 @register_loss(_NAME)
 class ParametricLoss(ClassificationLoss):
-    """ℓ(z, y, a) = −ω_{a,y} · log softmax(Δ_a ⊙ z + ι_a)_y (see the module docstring).
+    """ℓ(z, y, a) = −ω_{a,y} · log softmax(Δ_a ⊙ z + ι_a)_y, or with ``transition`` T
+    −ω_{a,y} · log (Tᵀ softmax(Δ_a ⊙ z + ι_a))_y (see the module docstring).
 
     ``a`` is the sample's group attribute in group-sensitive mode (``num_attributes`` > 1; the
     parameters then have shape (A, P)), otherwise there is one row (A = 1).
@@ -77,15 +88,20 @@ class ParametricLoss(ClassificationLoss):
     Hyper-parameters (per-class values are lists of length P, the number of parameter slots, or
     nested lists (A, P) in group-sensitive mode; a scalar is broadcast):
         scale: Δ > 0 (Δ < 1 with ``sigmoid``); default from ``init``/``cdt_gamma``.
-        offset: ι; default 0 (``init: ce``) or τ·log π (``init: logit_adjustment``).
+        offset: ι; default 0 (``init: ce``) or τ·log π (``init: logit_adjustment``), π from
+            ``prior_counts`` if given, else from the class counts.
         weight: ω > 0; default 1.
         params_file: JSON with any of ``scale``/``offset``/``weight`` (e.g. the search's
-            ``learned_loss.json``); explicit options override it.
+            ``learned_loss.json``) and optionally ``transition``; explicit options override it.
         init: "ce" or "logit_adjustment"; tau: τ >= 0 of the latter (default 1).
         cdt_gamma: γ >= 0; Δ_c = (n_c / n_max)^γ when ``scale`` is not given (0: Δ = 1).
         scale_parameterisation: "exp" (Δ = exp(d)) or "sigmoid" (Δ = sigmoid(d), the authors').
         group_size / class_groups: classes sharing a parameter slot (see :func:`class_to_group`).
         num_attributes: A, values of the group attribute (1: not group-sensitive).
+        transition: fixed K x K noise transition matrix T (rows sum to 1; a column of an
+            observed label must not be all 0); None: no noise correction.
+        prior_counts: K counts > 0 whose proportions are π in the logit-adjustment start (e.g.
+            the estimated clean counts); only with ``init: logit_adjustment``.
     """
 
     uses_class_counts: ClassVar[bool] = True
@@ -106,6 +122,8 @@ class ParametricLoss(ClassificationLoss):
         group_size: int | None = None,
         class_groups: Sequence[int] | None = None,
         num_attributes: int = 1,
+        transition: Sequence[Sequence[float]] | None = None,
+        prior_counts: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         counts = _check_counts(class_counts, _NAME, positive=True)
@@ -140,8 +158,32 @@ class ParametricLoss(ClassificationLoss):
         scale = from_file.get("scale") if scale is None else scale
         offset = from_file.get("offset") if offset is None else offset
         weight = from_file.get("weight") if weight is None else weight
+        transition = from_file.get("transition") if transition is None else transition
+        self.transition = None if transition is None else np.asarray(transition).tolist()
+        self.prior_counts = None if prior_counts is None else list(prior_counts)
+        if transition is not None:
+            matrix = check_transition_option(
+                transition, self.num_classes, loss=_NAME, observed_counts=counts
+            )
+            with np.errstate(divide="ignore"):
+                log_transition = np.log(matrix)
+            # Only registered when given, so a loss without it keeps its state_dict (and
+            # checkpoints) unchanged; functional_call takes it from the module.
+            self.register_buffer(
+                "log_transition", torch.as_tensor(log_transition, dtype=torch.float32)
+            )
 
         prior = counts.astype(np.float64) / counts.sum()
+        if prior_counts is not None:
+            if init != "logit_adjustment":
+                raise _error(f"prior_counts only sets the logit-adjustment start; init is {init!r}")
+            given = np.asarray(prior_counts, dtype=np.float64)
+            if given.shape != (self.num_classes,) or not (np.isfinite(given) & (given > 0)).all():
+                raise _error(
+                    f"prior_counts must be {self.num_classes} finite numbers > 0, got "
+                    f"{self.prior_counts}"
+                )
+            prior = given / given.sum()
         default_offset = self.tau * np.log(prior) if init == "logit_adjustment" else 0 * prior
         default_scale = np.power(counts / counts.max(), self.cdt_gamma)
         if self.cdt_gamma == 0.0 and scale_parameterisation == "sigmoid":
@@ -208,11 +250,13 @@ class ParametricLoss(ClassificationLoss):
         """Per-class Δ, ι, ω as plain lists: (K,) each, or (A, K) in group-sensitive mode.
 
         The result is valid ``options`` for this loss on its own: in group-sensitive mode it also
-        holds ``num_attributes``.
+        holds ``num_attributes``, and with a noise correction the fixed ``transition`` (K x K).
         """
         out: dict[str, Any] = {}
         if self.num_attributes > 1:
             out["num_attributes"] = self.num_attributes
+        if self.transition is not None:
+            out["transition"] = self.transition
         for key, tensor in (
             ("scale", self.scales()),
             ("offset", self.offsets()),
@@ -230,11 +274,16 @@ class ParametricLoss(ClassificationLoss):
         return self.scales().to(logits)[row] * logits + self.offsets().to(logits)[row]
 
     def per_sample(self, logits: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
-        """ω_{a,y}·CE(Δ_a ⊙ z + ι_a, y), float (B,), logits (B, K), labels and attributes (B,)."""
+        """ω_{a,y}·CE(Δ_a ⊙ z + ι_a, y), or with T ω_{a,y}·(−log (Tᵀ softmax(Δ_a ⊙ z + ι_a))_y),
+        float (B,), for logits (B, K), labels and attributes (B,)."""
         _check_inputs(logits, target, self.num_classes)
         row = self._rows(logits, groups)
-        ce = F.cross_entropy(self.adjusted_logits(logits, groups), target, reduction="none")
-        return self.weights().to(logits)[row, target] * ce
+        adjusted = self.adjusted_logits(logits, groups)
+        if self.transition is None:
+            nll = F.cross_entropy(adjusted, target, reduction="none")
+        else:
+            nll = forward_corrected_nll(adjusted, target, self.log_transition.to(logits))
+        return self.weights().to(logits)[row, target] * nll
 
     def forward(self, logits: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         """Batch mean of :meth:`per_sample`."""
@@ -266,4 +315,4 @@ def _read_params_file(path: str) -> dict[str, Any]:
     data = data.get("options", data) if isinstance(data, dict) else data
     if not isinstance(data, dict) or not set(data) & {"scale", "offset", "weight"}:
         raise _error(f"params_file {path}: expected a mapping with scale/offset/weight lists")
-    return {key: data[key] for key in ("scale", "offset", "weight") if key in data}
+    return {key: data[key] for key in ("scale", "offset", "weight", "transition") if key in data}

@@ -402,24 +402,34 @@ class BilevelTrainer(Trainer):
 def bilevel_loss(
     bilevel: BilevelConfig, class_counts: np.ndarray, *, num_attributes: int = 1
 ) -> ParametricLoss:
-    """The parametric loss at the configured initial point (CE or logit adjustment), with
-    parameters per (attribute, class) when ``num_attributes > 1`` (group-sensitive mode).
+    """The parametric loss at the configured initial point (CE or logit adjustment, at the
+    observed prior or ``init_prior_counts``), forward-corrected by ``bilevel.transition`` if given,
+    with parameters per (attribute, class) when ``num_attributes > 1`` (group-sensitive mode).
 
     Args:
         bilevel: the ``bilevel`` config section (initial point, parameterisation, groups).
         class_counts: int (K,) images per class of the lower level's training data.
         num_attributes: A, values of the group attribute (1: not group-sensitive).
+
+    Raises:
+        ConfigError: ``bilevel.transition`` or ``bilevel.init_prior_counts`` do not fit the data
+            (named, e.g. ``bilevel: loss 'parametric': transition must be 10 x 10 ...``).
     """
-    return ParametricLoss(
-        class_counts=class_counts,
-        init=bilevel.init,
-        tau=bilevel.init_tau,
-        cdt_gamma=bilevel.init_cdt_gamma,
-        scale_parameterisation=bilevel.scale_parameterisation,
-        group_size=bilevel.group_size,
-        class_groups=bilevel.class_groups,
-        num_attributes=num_attributes,
-    )
+    try:
+        return ParametricLoss(
+            class_counts=class_counts,
+            init=bilevel.init,
+            tau=bilevel.init_tau,
+            cdt_gamma=bilevel.init_cdt_gamma,
+            scale_parameterisation=bilevel.scale_parameterisation,
+            group_size=bilevel.group_size,
+            class_groups=bilevel.class_groups,
+            num_attributes=num_attributes,
+            transition=bilevel.transition,
+            prior_counts=bilevel.init_prior_counts,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"bilevel: {exc}") from None
 
 
 @register_trainer("autobalance")
