@@ -52,6 +52,7 @@ __all__ = [
     "check_config",
     "config_fingerprint",
     "evaluate_run",
+    "load_best_model",
     "load_run_config",
     "train_run",
 ]
@@ -375,6 +376,32 @@ def load_run_config(run_dir: str | Path) -> ExperimentConfig:
     return config.model_copy(update={"run_dir": str(run_dir)})
 
 
+def load_best_model(
+    config: ExperimentConfig, splits: Splits, *, device: torch.device | str = "cpu"
+) -> tuple[Classifier, Normalization, dict[str, Any]]:
+    """The selected weights of the run in ``config.run_dir``, ready to predict.
+
+    Returns:
+        (the model with its ``best_model`` weights on ``device``, the standardisation it was
+        trained with, the checkpoint), read with ``weights_only=True``.
+
+    Raises:
+        AutorobustError: no readable checkpoint, or one written by another configuration.
+    """
+    run_dir = Path(config.run_dir)
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    if checkpoint["fingerprint"] != config_fingerprint(config):
+        raise AutorobustError(f"{run_dir}: checkpoint and config.yaml do not belong together")
+    model = build_model(config, splits).to(device)
+    model.load_state_dict(checkpoint["best_model"])
+    stats = checkpoint.get("normalization")  # absent in checkpoints of earlier versions
+    if stats is None:
+        normalize = Normalization.from_images(splits.train.images)
+    else:
+        normalize = Normalization(tuple(stats["mean"]), tuple(stats["std"]))
+    return model, normalize, checkpoint
+
+
 def evaluate_run(run_dir: str | Path, *, device: str | None = None) -> dict[str, Any]:
     """Re-evaluate the selected weights of a run on its test split; rewrites ``metrics.json``.
 
@@ -384,13 +411,8 @@ def evaluate_run(run_dir: str | Path, *, device: str | None = None) -> dict[str,
     config = load_run_config(run_dir)
     run_dir = Path(run_dir)
     resolved = resolve_device(device or config.device)
-    checkpoint = load_checkpoint(run_dir / "checkpoint.pt", map_location=resolved)
-    if checkpoint["fingerprint"] != config_fingerprint(config):
-        raise AutorobustError(f"{run_dir}: checkpoint and config.yaml do not belong together")
     splits = build_splits(config)
-    model = build_model(config, splits).to(resolved)
-    model.load_state_dict(checkpoint["best_model"])
-    normalize = Normalization.from_images(splits.train.images)
+    model, normalize, checkpoint = load_best_model(config, splits, device=resolved)
     metrics_path = run_dir / METRICS_NAME
     metrics: dict[str, Any] = {}
     if metrics_path.is_file():

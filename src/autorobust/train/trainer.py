@@ -411,6 +411,9 @@ class Trainer:
             "best_score": best_score,
             "best_model": best_state,
             "history": [record.to_dict() for record in history],
+            # The standardisation of the data the model was fitted on, which evaluation needs
+            # (a method may fit on a part of the pool: AutoBalance's lower level).
+            "normalization": {"mean": list(self.normalize.mean), "std": list(self.normalize.std)},
             "extra": self.extra_state(),
         }
         atomic_write(path, lambda handle: torch.save(state, handle))
