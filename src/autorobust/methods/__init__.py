@@ -11,6 +11,10 @@ package                method
 ``sample_selection``   noisy-label detection turned into a cleaned label set: per-class selection
                        and relabelling from a probe's posterior, loss (DivideMix), clean-prototype
                        similarity (RoLT) or MW-Net's weights; writes ``data.relabel_file``
+``glc``                Gold Loss Correction (Hendrycks et al., NeurIPS 2018): the label-noise
+                       model (transition matrix, clean class counts) estimated with the clean meta
+                       set, and loss ``forward_corrected`` (Patrini et al., CVPR 2017) composed
+                       with logit adjustment at the estimated clean prior
 =====================  ==========================================================================
 
 Each package holds its config section (``config.py``, a leaf that imports only pydantic), its
