@@ -117,12 +117,13 @@ def test_corrected_confusion_undoes_a_known_probe_confusion() -> None:
         [np.repeat(np.arange(3), np.round(10 * m[i]).astype(int)) for i in range(3)]
     )
     np.testing.assert_allclose(confusion_matrix(meta_pred, meta_labels, 3), m)
+    one_hot = np.eye(3) * 5.0  # logits whose argmax is the prediction
     model = estimate_noise_model(
         observed_labels=np.array(pool_obs),
         num_classes=3,
         method="confusion",
-        pool_predicted=np.array(pool_pred),
-        meta_predicted=meta_pred,
+        pool_logits=one_hot[pool_pred],
+        meta_logits=one_hot[meta_pred],
         meta_labels=meta_labels,
         correct_confusion=True,
     )
@@ -130,10 +131,30 @@ def test_corrected_confusion_undoes_a_known_probe_confusion() -> None:
     np.testing.assert_allclose(model.transition, T, atol=1e-9)
     np.testing.assert_allclose(model.clean_counts, n, rtol=1e-9)
     uncorrected = estimate_noise_model(
-        observed_labels=np.array(pool_obs), num_classes=3, method="confusion",
-        pool_predicted=np.array(pool_pred),
-    )  # fmt: skip
+        observed_labels=np.array(pool_obs), num_classes=3, pool_logits=one_hot[pool_pred]
+    )
+    assert uncorrected.method == "confusion"
     assert np.abs(uncorrected.transition - T).sum(axis=1).max() > 0.1
+
+
+def test_glc_of_a_logit_adjusted_probe_uses_its_noisy_posterior() -> None:
+    """A probe trained with logit adjustment at the observed prior π̃ fits softmax(z + τ log π̃)
+    to the noisy labels; GLC must average that, not softmax(z)."""
+    observed = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    prior = np.array([0.6, 0.3, 0.1])
+    meta_labels = np.array([0, 1, 2])
+    posterior = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    z = np.log(posterior) - 0.5 * np.log(prior)  # the balanced logits of a τ = 0.5 probe
+    model = estimate_noise_model(
+        observed_labels=observed,
+        num_classes=3,
+        method="glc",
+        meta_logits=z,
+        meta_labels=meta_labels,
+        probe_tau=0.5,
+    )
+    np.testing.assert_allclose(model.transition, posterior, rtol=1e-12)
+    assert model.method == "glc" and model.info["probe_tau"] == 0.5
 
 
 def test_errors_by_hand() -> None:
@@ -148,6 +169,8 @@ def test_errors_by_hand() -> None:
     assert errors["transition_row_l1_mean"] == pytest.approx(0.3)
     assert errors["prior_total_variation"] == pytest.approx(0.2)
     assert errors["observed_prior_total_variation"] == pytest.approx(0.25)
+    np.testing.assert_allclose(errors["prior_log_ratio"], [np.log(0.6), np.log(1.4)])
+    assert errors["prior_log_ratio_max"] == pytest.approx(-np.log(0.6))
     json.dumps(errors, allow_nan=False)
 
 

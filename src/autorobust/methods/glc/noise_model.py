@@ -445,72 +445,95 @@ def estimate_noise_model(
     *,
     observed_labels: np.ndarray,
     num_classes: int,
-    method: Literal["glc", "confusion"] = "glc",
-    meta_probabilities: np.ndarray | None = None,
+    method: Literal["glc", "confusion"] = "confusion",
+    meta_logits: np.ndarray | None = None,
     meta_labels: np.ndarray | None = None,
-    pool_predicted: np.ndarray | None = None,
-    meta_predicted: np.ndarray | None = None,
+    pool_logits: np.ndarray | None = None,
+    probe_tau: float = 0.0,
     correct_confusion: bool = False,
     floor: float = DEFAULT_FLOOR,
     class_names: Sequence[str] | None = None,
     info: dict[str, Any] | None = None,
 ) -> NoiseModel:
-    """Estimate the noise model of a pool from a probe's outputs (module docstring).
+    """Estimate the noise model of a pool from a probe's logits (module docstring).
+
+    The probe is a classifier trained on the noisy pool, with cross-entropy (``probe_tau`` 0) or
+    logit adjustment at the *observed* counts with τ = ``probe_tau``. Its noisy-label posterior is
+    softmax(z + τ log π̃) (what it fitted to the noisy labels), its predicted clean class argmax z.
 
     Args:
         observed_labels: int (N,), the pool's observed labels.
         num_classes: K.
-        method: "glc" (needs ``meta_probabilities``, ``meta_labels``) or "confusion" (needs
-            ``pool_predicted``; with ``correct_confusion`` also ``meta_predicted`` and
-            ``meta_labels``).
-        meta_probabilities: float (M, K), the probe's noisy-label posterior on the meta images.
+        method: "confusion" (default; needs ``pool_logits``, and with ``correct_confusion`` also
+            ``meta_logits`` and ``meta_labels``) or "glc" (needs ``meta_logits``,
+            ``meta_labels``). README, "Noise model", has the measured errors of both.
+        meta_logits: float (M, K), the probe's logits on the clean meta images.
         meta_labels: int (M,), their clean labels.
-        pool_predicted: int (N,), the probe's predicted clean class of every pool image.
-        meta_predicted: int (M,), its predicted class of every meta image.
+        pool_logits: float (N, K), its logits on the pool images.
+        probe_tau: τ >= 0 of the probe's logit adjustment (0: trained with cross-entropy).
         correct_confusion: undo the probe's meta-set confusion (confusion method only).
         floor: smallest clean count as a fraction of N / K (:func:`estimate_clean_counts`).
         class_names: optional names for error messages.
         info: extra notes stored with the model.
 
     Returns:
-        The :class:`NoiseModel`; its ``info`` holds ``floor`` and the classes the floor raised.
+        The :class:`NoiseModel`; ``method`` is "glc", "confusion" or "confusion_corrected", and
+        ``info`` holds ``floor``, ``probe_tau`` and ``floored_classes`` (those the floor raised).
     """
     k = _check_num_classes(num_classes)
     obs_labels = _check_labels(observed_labels, len(np.asarray(observed_labels)), k, "labels")
     observed = np.bincount(obs_labels, minlength=k)
+    if not (np.isfinite(probe_tau) and probe_tau >= 0):
+        raise ValueError(f"probe_tau must be a number >= 0, got {probe_tau!r}")
     name = method
     if method == "glc":
-        if meta_probabilities is None or meta_labels is None:
-            raise ValueError("method 'glc' needs meta_probabilities and meta_labels")
+        if meta_logits is None or meta_labels is None:
+            raise ValueError("method 'glc' needs meta_logits and meta_labels")
+        z = _logits(meta_logits, k, "meta_logits")
+        with np.errstate(divide="ignore"):
+            shift = probe_tau * np.log(observed / observed.sum()) if probe_tau else 0.0
         transition = estimate_transition(
-            meta_probabilities, meta_labels, k, class_names=class_names
+            _softmax(z + shift), meta_labels, k, class_names=class_names
         )
         solved = nnls(transition.T, observed.astype(np.float64))[0]
     elif method == "confusion":
-        if pool_predicted is None:
-            raise ValueError("method 'confusion' needs pool_predicted")
+        if pool_logits is None:
+            raise ValueError("method 'confusion' needs pool_logits")
         m = None
         if correct_confusion:
-            if meta_predicted is None or meta_labels is None:
-                raise ValueError("correct_confusion needs meta_predicted and meta_labels")
-            m = confusion_matrix(meta_predicted, meta_labels, k)
+            if meta_logits is None or meta_labels is None:
+                raise ValueError("correct_confusion needs meta_logits and meta_labels")
+            m = confusion_matrix(_logits(meta_logits, k, "meta_logits").argmax(1), meta_labels, k)
             name = "confusion_corrected"
+        predicted = _logits(pool_logits, k, "pool_logits").argmax(1)
         transition, solved = estimate_transition_confusion(
-            pool_predicted, obs_labels, k, meta_confusion=m
+            predicted, obs_labels, k, meta_confusion=m
         )
     else:
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
     counts = estimate_clean_counts(transition, observed, floor=floor)
     raw = solved * (observed.sum() / max(solved.sum(), 1e-300))
     floored = np.flatnonzero(raw < floor * observed.sum() / k - 1e-9).tolist()
-    notes = {"floor": floor, "floored_classes": floored, **(info or {})}
+    notes = {"floor": floor, "probe_tau": float(probe_tau), "floored_classes": floored}
     return NoiseModel(
         transition=transition,
         clean_counts=counts,
         observed_counts=observed,
         method=name,
-        info=notes,
+        info={**notes, **(info or {})},
     )
+
+
+def _logits(value: np.ndarray, num_classes: int, what: str) -> np.ndarray:
+    z = np.asarray(value, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != num_classes or not np.isfinite(z).all():
+        raise ValueError(f"{what} must be finite logits (n, {num_classes}), got shape {z.shape}")
+    return z
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def noise_model_errors(
@@ -528,7 +551,11 @@ def noise_model_errors(
         ``prior_total_variation`` ½ Σ |π̂ − π| between n̂ / Σ n̂ and the true prior;
         ``observed_prior_total_variation``, the same for the observed counts (what a loss that
         uses the observed counts is off by: the estimate helps when it is smaller);
-        ``clean_counts`` n̂ and ``true_counts`` as lists. Plain JSON values.
+        ``prior_log_ratio`` (K,) log π̂_c − log π_c and its largest magnitude
+        ``prior_log_ratio_max`` (the error of logit adjustment's offset τ log π̂ per unit τ:
+        total variation hardly sees a rare class off by a factor of 4, the offset does);
+        ``clean_counts`` n̂ and ``true_counts`` as lists. Plain JSON values; a class absent from
+        the pool has no finite log ratio and is left out of ``prior_log_ratio_max`` (None there).
     """
     k = model.num_classes
     t = np.asarray(true_transition, dtype=np.float64)
@@ -540,6 +567,11 @@ def noise_model_errors(
         )
     row_l1 = np.abs(model.transition - t).sum(axis=1)
     prior = counts / counts.sum()
+    present = prior > 0
+    log_ratio = np.log(model.prior[present]) - np.log(prior[present])
+    per_class: list[float | None] = [None] * k
+    for c, value in zip(np.flatnonzero(present), log_ratio, strict=True):
+        per_class[int(c)] = float(value)
     return {
         "method": model.method,
         "transition_row_l1": [float(v) for v in row_l1],
@@ -547,6 +579,8 @@ def noise_model_errors(
         "transition_row_l1_mean": float(row_l1.mean()),
         "prior_total_variation": float(0.5 * np.abs(model.prior - prior).sum()),
         "observed_prior_total_variation": float(0.5 * np.abs(model.observed_prior - prior).sum()),
+        "prior_log_ratio": per_class,
+        "prior_log_ratio_max": float(np.abs(log_ratio).max()) if log_ratio.size else None,
         "clean_counts": [float(v) for v in model.clean_counts],
         "true_counts": [float(v) for v in counts],
     }
