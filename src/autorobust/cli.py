@@ -110,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a candidate cell is scored (default: the config's architecture.fitness)",
     )
 
+    design = commands.add_parser(
+        "design",
+        help="search a composed design (architecture, noise treatment, loss) under a compute "
+        "budget, retrain it and write a report",
+    )
+    _add_config_arguments(design)
+    design.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run dir)")
+    design.add_argument("--study-name", help="study name (default: design-<config name>)")
+    design.add_argument(
+        "--budget",
+        type=float,
+        help="compute budget in trainings of the configured model on the whole pool "
+        "(overrides design.budget; default 3)",
+    )
+    design.add_argument(
+        "--no-retrain", action="store_true", help="skip retraining the chosen design"
+    )
+
     commands.add_parser("datasets", help="list data sources and whether their files are present")
 
     demo = commands.add_parser("demo", help="a two-minute tour on the bundled digits data")
@@ -237,6 +255,29 @@ def _command_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_design(args: argparse.Namespace) -> int:
+    from autorobust.design.pipeline import run_design
+    from autorobust.experiment import check_config
+
+    overrides = {"search.storage": args.storage, "search.study_name": args.study_name}
+    overrides["design.budget"] = args.budget
+    args.overrides = list(args.overrides) + [
+        f"{key}={value}" for key, value in overrides.items() if value is not None
+    ]
+    config = _load(args)
+    check_config(config)  # unknown names are refused before a study or folder is created
+    outcome = run_design(
+        config,
+        default_study_name=f"design-{Path(args.config).stem}",
+        retrain=not args.no_retrain,
+    )
+    print(f"chosen design: {outcome.chosen['name']}")
+    if outcome.retrained is not None:
+        _print_test_summary("retrained design", outcome.retrained.metrics)
+    print(f"wrote {outcome.report}")
+    return 0
+
+
 def _command_datasets(args: argparse.Namespace) -> int:
     from autorobust.data.sources import describe_sources
 
@@ -261,6 +302,7 @@ COMMANDS = {
     "train": _command_train,
     "evaluate": _command_evaluate,
     "search": _command_search,
+    "design": _command_design,
     "datasets": _command_datasets,
     "demo": _command_demo,
 }

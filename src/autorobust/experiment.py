@@ -164,8 +164,8 @@ def build_loss(config: ExperimentConfig, splits: Splits) -> ClassificationLoss:
 
 
 def config_fingerprint(config: ExperimentConfig) -> str:
-    """Hash of everything that determines the trained weights (not run_dir, device, progress or
-    threads).
+    """Hash of everything that determines the trained weights (not run_dir, device, progress,
+    threads, the search or the design section).
 
     A relabel file enters by the SHA-256 of its content, not by its path: a run cannot resume on
     labels that changed, and moving the file changes nothing. Without one, the hash is the same
@@ -175,7 +175,9 @@ def config_fingerprint(config: ExperimentConfig) -> str:
         DataError: ``data.relabel_file`` is set but cannot be read.
     """
     relevant = config.to_dict()
-    for key in ("run_dir", "device", "search"):
+    # The design section says how `autorobust design` composes runs; each run it trains carries
+    # its choices in the other sections.
+    for key in ("run_dir", "device", "search", "design"):
         relevant.pop(key)
     relabel_file = relevant["data"].pop("relabel_file")
     if relabel_file is not None:

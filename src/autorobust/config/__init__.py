@@ -18,11 +18,13 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autorobust._strict import StrictModel
-from autorobust.errors import ConfigError
 
-# Each method's config section lives with the method (``autorobust/methods/<name>/config.py``);
-# these modules are leaves that import only pydantic and StrictModel (an import contract checks
-# it), so the config can compose them without depending on the methods themselves.
+# Each method's config section lives with the method (``autorobust/methods/<name>/config.py``),
+# the design's with the design (``autorobust/design/config.py``); these modules are leaves that
+# import only pydantic and StrictModel (an import contract checks it), so the config can compose
+# them without depending on the methods themselves.
+from autorobust.design.config import DesignConfig
+from autorobust.errors import ConfigError
 from autorobust.methods.autobalance.config import BilevelConfig
 from autorobust.methods.csnas.config import ArchitectureConfig
 from autorobust.methods.meta_weight_net.config import ReweightConfig
@@ -32,6 +34,7 @@ __all__ = [
     "AugmentConfig",
     "BilevelConfig",
     "DataConfig",
+    "DesignConfig",
     "ExperimentConfig",
     "LossConfig",
     "ModelConfig",
@@ -279,6 +282,8 @@ class ExperimentConfig(StrictModel):
     reweight: ReweightConfig = Field(default_factory=ReweightConfig)
     bilevel: BilevelConfig = Field(default_factory=BilevelConfig)
     architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+    design: DesignConfig = Field(default_factory=DesignConfig)
+    """``autorobust design``: what it composes, its budget and scoring."""
 
     @model_validator(mode="before")
     @classmethod

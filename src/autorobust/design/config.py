@@ -1,0 +1,95 @@
+"""Config section ``design``: the composed, searched design of ``autorobust design``.
+
+A leaf (pydantic and ``StrictModel`` only), so that :class:`~autorobust.config.ExperimentConfig`
+can hold it. The defaults and why are in each field's docstring; README's "Noise-aware designs"
+section shows what they were measured on.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from autorobust._strict import StrictModel
+
+__all__ = ["DesignConfig"]
+
+Treatment = Literal["none", "transition", "selection", "mwnet"]
+LossFamily = Literal["cross_entropy", "logit_adjustment", "autobalance"]
+Detector = Literal["posterior", "prototype", "small_loss"]
+
+
+class DesignConfig(StrictModel):
+    """What ``autorobust design`` may compose, its compute budget, and how designs are scored."""
+
+    budget: float = Field(3.0, ge=1.5)
+    """Compute budget of the whole design (probe, trials, retraining) in trainings of the
+    configured model with cross-entropy on the whole noisy pool for ``train.epochs`` epochs (a
+    sample-epoch count, with nominal per-method factors; README). 3 is issue 13's target."""
+    probe_epochs: int | None = Field(None, ge=1)
+    """Epochs of the probe (logit adjustment on the noisy pool) whose outputs estimate the noise
+    model and score every sample; None: a third of ``train.epochs``, rounded up. The probe is
+    also the first trial (no treatment, logit adjustment)."""
+    trial_epochs: int | None = Field(None, ge=1)
+    """Epochs of every other trial; None: the probe's. Designs are compared at this fidelity and
+    the chosen one is retrained with ``train.epochs``."""
+    max_trials: int = Field(12, ge=1)
+    """Trials at most (the probe included); the budget usually stops the study earlier."""
+    n_startup_trials: int = Field(4, ge=0)
+    """Random designs TPE draws before modelling, after the enqueued reference designs."""
+    treatments: list[Treatment] = Field(
+        default_factory=lambda: ["none", "transition", "selection", "mwnet"], min_length=1
+    )
+    """Noise treatments the search may pick: ``none``; ``transition`` (forward correction with the
+    estimated transition matrix, composed with the loss's prior correction at the estimated clean
+    prior); ``selection`` (per-class selection by a detector, with or without relabelling, the
+    loss then using the counts of the labels kept); ``mwnet`` (Meta-Weight-Net with a searched V,
+    cheap meta step)."""
+    losses: list[LossFamily] = Field(
+        default_factory=lambda: ["cross_entropy", "logit_adjustment", "autobalance"],
+        min_length=1,
+    )
+    """Loss families: fixed cross-entropy, logit adjustment (prior of the labels trained on), or
+    AutoBalance's parametric loss learned by bilevel optimisation from the logit-adjusted point."""
+    architectures: list[str] = Field(default_factory=lambda: ["fixed"], min_length=1)
+    """``fixed`` (the config's ``model``) and/or paths of CSNAS genotype JSON files (e.g. the
+    ``best_genotype.json`` of ``autorobust search architecture``), trained as model ``darts`` at
+    ``architecture.eval_layers`` x ``eval_channels``."""
+    detectors: list[Detector] = Field(default_factory=lambda: ["posterior", "prototype"])
+    """Detectors a ``selection`` design may use (methods/sample_selection)."""
+    quantile_range: tuple[float, float] = (0.02, 0.3)
+    """Range of the per-class meta quantile q of a selection (log-uniform)."""
+    relabel_confidence_range: tuple[float, float] = (0.8, 0.99)
+    """Range of the confidence a relabelled sample needs."""
+    tau_range: tuple[float, float] = (0.5, 1.5)
+    """Range of τ of the prior correction (logit adjustment, and its composition with forward
+    correction)."""
+    noise_estimator: Literal["glc", "confusion"] = "confusion"
+    """How the transition matrix is estimated from the probe (methods/glc)."""
+    one_standard_error: bool = True
+    """Keep the simplest design whose meta score is within one standard error of the best (the
+    error of the paired difference over the meta images): on a small meta set most score
+    differences are noise, and a simpler design then generalises at least as well."""
+    leave_one_out: bool = False
+    """Measure each chosen component's contribution by retraining the chosen design without it
+    (full epochs, one retraining per component, outside the budget); otherwise contributions come
+    from the study's trials at trial fidelity."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DesignConfig:
+        for name in ("quantile_range", "relabel_confidence_range", "tau_range"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high:
+                raise ValueError(
+                    f"{name} must be (low, high) with 0 <= low <= high, got {low, high}"
+                )
+        low, high = self.quantile_range
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"quantile_range must lie in (0, 1), got {low, high}")
+        low, high = self.relabel_confidence_range
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"relabel_confidence_range must lie in (0, 1], got {low, high}")
+        if "selection" in self.treatments and not self.detectors:
+            raise ValueError("treatment 'selection' needs at least one detector")
+        return self

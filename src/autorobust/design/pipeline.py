@@ -1,0 +1,548 @@
+"""``autorobust design``: search a composed design under a compute budget, then retrain it.
+
+The stages, each resumable (rerunning the command continues where it stopped):
+
+1. **Probe.** The configured model is trained with logit adjustment on the noisy pool for
+   ``design.probe_epochs`` epochs (``run_dir/probe``). Its outputs on the pool and the clean meta
+   set feed everything else, and it is itself the first design (no treatment, logit adjustment).
+2. **Noise model.** The transition matrix T̂ and the clean class counts n̂ are estimated from the
+   probe (:mod:`autorobust.methods.glc`); ``noise_model.json``, and in a simulated shift the
+   estimation error.
+3. **Study.** TPE (the one search runner) proposes designs — architecture x noise treatment x loss
+   family (:mod:`~autorobust.design.space`) — each trained for ``design.trial_epochs`` epochs in
+   ``trials/trial-NNNN`` through :func:`~autorobust.experiment.train_run` and scored on the clean
+   meta set only, by the balanced meta log-loss (:mod:`~autorobust.design.scoring`). The study
+   stops when the next trial would leave too little of ``design.budget`` for the retraining.
+4. **Choice.** The simplest design within one standard error of the best.
+5. **Retraining** of the chosen design for ``train.epochs`` epochs in ``run_dir/best``, measured on
+   the test split, and **the report** (``design.md``, ``design.json``, plots).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autorobust._io import write_json
+from autorobust.config import ExperimentConfig, validate_config
+from autorobust.data.relabel import read_relabel_file
+from autorobust.data.splits import Splits, apply_relabel
+from autorobust.data.tensors import images_to_tensor, resolve_device
+from autorobust.design.scoring import (
+    ScoredDesign,
+    balanced_log_loss,
+    choose_within_one_standard_error,
+    per_image_log_loss,
+)
+from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
+from autorobust.errors import AutorobustError, ConfigError
+from autorobust.experiment import RunResult, build_splits, load_best_model, train_run
+from autorobust.methods.glc.noise_model import (
+    NoiseModel,
+    estimate_noise_model,
+    noise_model_errors,
+    true_transition,
+)
+from autorobust.methods.sample_selection import (
+    ProbeOutputs,
+    SelectionConfig,
+    collect_probe_outputs,
+    run_selection,
+)
+from autorobust.search.common import finish_study, search_settings, trial_dir
+from autorobust.search.runner import open_study, run_study, study_state_counts
+from autorobust.train.trainer import CHECKPOINT_NAME, predict
+
+__all__ = [
+    "DesignOutcome",
+    "DesignRun",
+    "design_run_config",
+    "run_design",
+]
+
+PROBE_DESIGN = REFERENCE_DESIGNS[0]
+NOISE_MODEL_NAME = "noise_model.json"
+DESIGN_JSON = "design.json"
+
+
+@dataclass(frozen=True)
+class DesignOutcome:
+    """A finished ``autorobust design``.
+
+    Attributes:
+        run_dir: where everything is (probe, trials, study, best, report).
+        chosen: the chosen design's summary (design, trial, score, standard error).
+        retrained: the chosen design trained with ``train.epochs`` (test metrics), or None.
+        report: the path of ``design.md``.
+    """
+
+    run_dir: Path
+    chosen: dict[str, Any]
+    retrained: RunResult | None
+    report: Path
+
+
+@dataclass
+class DesignRun:
+    """What the stages share: the config, the data, the probe's outputs and the noise model."""
+
+    config: ExperimentConfig
+    splits: Splits
+    run_dir: Path
+    probe_epochs: int
+    trial_epochs: int
+    probe: ProbeOutputs | None = None
+    noise_model: NoiseModel | None = None
+    cost: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def reference_cost(self) -> float:
+        """Sample-epochs of one training of the configured model on the whole pool (budget 1)."""
+        return float(len(self.splits.train) * self.config.train.epochs)
+
+    @property
+    def noise_model_file(self) -> Path:
+        return self.run_dir / NOISE_MODEL_NAME
+
+    def selection_file(self, design: Design) -> Path:
+        """The relabel file of a selection design (one per distinct selection setting)."""
+        key = json.dumps(
+            [design.detector, design.quantile, design.relabel, design.relabel_confidence,
+             design.loss == "autobalance"]
+        )  # fmt: skip
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.run_dir / "selections" / f"selection-{digest}.npz"
+
+
+def _epochs(config: ExperimentConfig) -> tuple[int, int]:
+    """(probe epochs, trial epochs): a third of ``train.epochs`` by default (rounded up)."""
+    design = config.design
+    probe = design.probe_epochs or max(1, math.ceil(config.train.epochs / 3))
+    return probe, design.trial_epochs or probe
+
+
+def _quiet(config: ExperimentConfig, *, epochs: int, run_dir: Path) -> dict[str, Any]:
+    raw = config.to_dict()
+    raw["run_dir"] = str(run_dir)
+    raw["train"]["epochs"] = epochs
+    raw["train"]["warmup_epochs"] = min(raw["train"]["warmup_epochs"], epochs - 1)
+    raw["train"]["progress"] = False
+    return raw
+
+
+def design_run_config(
+    config: ExperimentConfig,
+    design: Design,
+    *,
+    epochs: int,
+    run_dir: Path,
+    noise_model_file: Path | None = None,
+    relabel_file: Path | None = None,
+) -> ExperimentConfig:
+    """The config that trains ``design`` for ``epochs`` epochs in ``run_dir``.
+
+    ``transition`` needs ``noise_model_file``; ``selection`` needs ``relabel_file``.
+    """
+    raw = _quiet(config, epochs=epochs, run_dir=run_dir)
+    raw["method"] = "erm"
+    if design.architecture != "fixed":
+        arch = config.architecture
+        raw["model"] = {
+            "name": "darts",
+            "options": {
+                "genotype": design.architecture,
+                "layers": arch.eval_layers,
+                "channels": arch.eval_channels,
+                "auxiliary": False,
+            },
+        }
+    if design.loss == "cross_entropy":
+        raw["loss"] = {"name": "cross_entropy", "options": {}}
+    else:
+        raw["loss"] = {"name": "logit_adjustment", "options": {"tau": design.tau}}
+    if design.treatment == "transition":
+        if noise_model_file is None:
+            raise ValueError("a transition design needs the noise model file")
+        tau = 0.0 if design.loss == "cross_entropy" else design.tau
+        raw["loss"] = {
+            "name": "forward_corrected",
+            "options": {"noise_model_file": str(noise_model_file), "tau": tau},
+        }
+    if design.loss == "autobalance":
+        raw["method"] = "autobalance"
+        raw["bilevel"].update(init="logit_adjustment", init_tau=design.tau)
+        if design.treatment == "transition":
+            model = NoiseModel.load(noise_model_file)
+            raw["bilevel"].update(
+                transition=model.transition.tolist(), prior_counts=model.clean_counts.tolist()
+            )
+    if design.treatment == "selection":
+        if relabel_file is None:
+            raise ValueError("a selection design needs the relabel file")
+        raw["data"]["relabel_file"] = str(relabel_file)
+    if design.treatment == "mwnet":
+        raw["method"] = "reweight"
+        raw["reweight"].update(
+            hidden=[100],
+            input="loss",
+            feature_layer=None,
+            class_embedding=8 if design.mwnet_class_aware else 0,
+            lr=design.mwnet_lr,
+            meta_scope="head",
+            meta_interval=4,
+            plots=False,
+        )
+    return validate_config(raw, where=f"design {design.describe()}")
+
+
+# -- the stages -----------------------------------------------------------------------------------
+
+
+def _run_probe(state: DesignRun) -> RunResult:
+    """Stage 1: the probe, its outputs and the noise model (each resumed if already there)."""
+    config = design_run_config(
+        state.config, PROBE_DESIGN, epochs=state.probe_epochs, run_dir=state.run_dir / "probe"
+    )
+    started = time.process_time()
+    result = train_run(config, resume=True, splits=state.splits, evaluate_test=False)
+    device = resolve_device(config.device)
+    model, normalize, _ = load_best_model(config, state.splits, device=device)
+    from autorobust.losses import create_loss
+
+    loss = create_loss("logit_adjustment", class_counts=state.splits.train_class_counts)
+    state.probe = collect_probe_outputs(
+        model,
+        state.splits.train.images,
+        state.splits.train.labels,
+        state.splits.meta.images,
+        state.splits.meta.labels,
+        normalize=normalize,
+        device=device,
+        loss=loss.to(device),
+    )
+    state.noise_model = _noise_model(state)
+    state.cost["probe_sample_epochs"] = float(len(state.splits.train) * state.probe_epochs)
+    state.cost["probe_cpu_seconds"] = time.process_time() - started
+    return result
+
+
+def _noise_model(state: DesignRun) -> NoiseModel:
+    probe, splits = state.probe, state.splits
+    assert probe is not None
+    model = estimate_noise_model(
+        observed_labels=splits.train.labels,
+        num_classes=splits.num_classes,
+        method=state.config.design.noise_estimator,
+        meta_logits=probe.meta_logits,
+        meta_labels=splits.meta.labels,
+        pool_logits=probe.logits,
+        probe_tau=PROBE_DESIGN.tau,  # the probe is logit-adjusted at the observed counts
+        class_names=splits.class_names,
+    )
+    model.save(state.noise_model_file)
+    return model
+
+
+def noise_model_report(state: DesignRun) -> dict[str, Any]:
+    """The noise model as JSON values, with its estimation error in a simulated shift."""
+    assert state.noise_model is not None
+    report: dict[str, Any] = {"estimate": state.noise_model.to_dict()}
+    if state.config.shift.noise != "none":
+        pool = state.splits.train
+        k = state.splits.num_classes
+        truth = true_transition(pool.clean_labels, pool.labels, k)
+        error = noise_model_errors(
+            state.noise_model, truth, np.bincount(pool.clean_labels, minlength=k)
+        )
+        error["true_transition"] = truth.tolist()
+        error["true_diagonal"] = np.diag(truth).tolist()
+        report["error"] = error
+    return report
+
+
+def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | None]:
+    """The splits a design trains on: the pool, or its selection (written once)."""
+    if design.treatment != "selection":
+        return state.splits, None
+    assert state.probe is not None
+    path = state.selection_file(design)
+    if not path.is_file():
+        settings = SelectionConfig(
+            detector=design.detector or "posterior",
+            rule="meta_quantile",
+            rule_options={"q": design.quantile},
+            relabel=bool(design.relabel),
+            relabel_confidence=design.relabel_confidence or 0.9,
+            # AutoBalance's bilevel trainer has no per-sample weights: relabel with weight 1.
+            relabel_weight="one" if design.loss == "autobalance" else "confidence",
+        )
+        run_selection(
+            state.probe,
+            settings,
+            source_index=state.splits.train.source_index,
+            path=path,
+            clean_labels=state.splits.train.clean_labels,
+        )
+    pool, summary = apply_relabel(
+        state.splits.train, read_relabel_file(path), state.splits.class_names
+    )
+    return dataclasses.replace(state.splits, train=pool, relabel=summary), path
+
+
+def _meta_losses(config: ExperimentConfig, splits: Splits) -> np.ndarray:
+    """Per-image log-loss float64 (M,) of a run's selected model on the clean meta set."""
+    device = resolve_device(config.device)
+    model, normalize, _ = load_best_model(config, splits, device=device)
+    logits = predict(model, images_to_tensor(splits.meta.images, device), normalize)
+    return per_image_log_loss(logits.numpy(), splits.meta.labels)
+
+
+def _train_design(
+    state: DesignRun, design: Design, *, epochs: int, run_dir: Path, evaluate_test: bool
+) -> tuple[RunResult, ExperimentConfig, Splits, float]:
+    """Train ``design`` (resumed when its directory holds a checkpoint); (result, config,
+    splits, sample-epochs)."""
+    splits, relabel_file = _design_splits(state, design)
+    config = design_run_config(
+        state.config,
+        design,
+        epochs=epochs,
+        run_dir=run_dir,
+        noise_model_file=state.noise_model_file,
+        relabel_file=relabel_file,
+    )
+    result = train_run(config, resume=True, splits=splits, evaluate_test=evaluate_test)
+    return result, config, splits, float(len(splits.train) * epochs * design.cost_factor)
+
+
+def _objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
+    labels, k = state.splits.meta.labels, state.splits.num_classes
+
+    def objective(trial: Any) -> float:
+        design = space.suggest(trial)
+        trial.set_user_attr("design", design.to_dict())
+        trial.set_user_attr("name", design.describe())
+        started = time.process_time()
+        if design == PROBE_DESIGN and state.trial_epochs == state.probe_epochs:
+            config = design_run_config(
+                state.config, design, epochs=state.probe_epochs, run_dir=state.run_dir / "probe"
+            )
+            losses, cost = _meta_losses(config, state.splits), 0.0  # the probe, already paid
+        else:
+            directory = trial_dir(state.run_dir, trial.number)
+            _, config, splits, cost = _train_design(
+                state, design, epochs=state.trial_epochs, run_dir=directory, evaluate_test=False
+            )
+            losses = _meta_losses(config, splits)
+            (directory / CHECKPOINT_NAME).unlink(missing_ok=True)
+        trial.set_user_attr("meta_losses", [float(v) for v in losses])
+        trial.set_user_attr("sample_epochs", cost)
+        trial.set_user_attr("cpu_seconds", time.process_time() - started)
+        return balanced_log_loss(losses, labels, k)
+
+    return objective
+
+
+def _finished_trials(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+
+def _run_study(state: DesignRun, default_study_name: str) -> Any:
+    """Stage 3: trials one at a time while the budget allows the next one and the retraining."""
+    settings_cfg = state.config.design
+    space = DesignSpace(settings_cfg)
+    search = state.config.search.model_copy(
+        update={"pruner": "none", "n_startup_trials": settings_cfg.n_startup_trials}
+    )
+    settings = search_settings(
+        search,
+        study_name=default_study_name,
+        space={**space.describe(), "probe_epochs": state.probe_epochs,
+               "trial_epochs": state.trial_epochs},
+        directions=("minimize",),
+    )  # fmt: skip
+    budget = settings_cfg.budget * state.reference_cost
+    # What the retraining of the costliest design could take, kept free for it.
+    reserve = state.reference_cost * max(Design(loss="autobalance").cost_factor, 1.0)
+    next_trial = len(state.splits.train) * state.trial_epochs * 1.3
+    references = [p for p in (space.params(d) for d in REFERENCE_DESIGNS) if p is not None]
+    objective = _objective(state, space)
+    study = open_study(dataclasses.replace(settings, n_trials=1), state.run_dir)
+    while True:
+        done = _finished_trials(study)
+        spent = state.cost.get("probe_sample_epochs", 0.0) + sum(
+            t.user_attrs.get("sample_epochs", 0.0) for t in done
+        )
+        counts = study_state_counts(study)
+        finished = counts["COMPLETE"] + counts["PRUNED"]
+        if finished >= settings_cfg.max_trials:
+            break
+        if finished >= 1 and spent + next_trial + reserve > budget:
+            break
+        first = references[finished] if finished < len(references) else None
+        study = run_study(
+            objective,
+            dataclasses.replace(settings, n_trials=finished + 1),
+            state.run_dir,
+            first_params=first,
+        )
+        if study_state_counts(study)["COMPLETE"] + study_state_counts(study)["PRUNED"] <= finished:
+            break  # the trial failed (the runner logged why): do not spin
+    state.cost["trials_sample_epochs"] = spent - state.cost.get("probe_sample_epochs", 0.0)
+    return study
+
+
+def _choose(state: DesignRun, study: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Stage 4: the best design and the simplest one within one standard error of it."""
+    done = _finished_trials(study)
+    if not done:
+        raise AutorobustError(
+            f"design study {study.study_name!r} has no completed trial; see the warnings above"
+        )
+    designs = {t.number: Design.from_dict(t.user_attrs["design"]) for t in done}
+    scored = [
+        ScoredDesign(
+            key=t.number,
+            complexity=designs[t.number].complexity,
+            losses=np.asarray(t.user_attrs["meta_losses"]),
+        )
+        for t in done
+    ]
+    best, chosen, rows = choose_within_one_standard_error(
+        scored, state.splits.meta.labels, state.splits.num_classes
+    )
+    if not state.config.design.one_standard_error:
+        chosen = best
+    by_number = {t.number: t for t in done}
+    table = []
+    for row in sorted(rows, key=lambda r: r["score"]):
+        trial = by_number[row["key"]]
+        table.append(
+            {
+                "trial": row["key"],
+                "design": designs[row["key"]].to_dict(),
+                "name": designs[row["key"]].describe(),
+                "score": row["score"],
+                "difference_to_best": row["difference"],
+                "standard_error": row["standard_error"],
+                "sample_epochs": trial.user_attrs.get("sample_epochs"),
+                "best": row["key"] == best,
+                "chosen": row["key"] == chosen,
+            }
+        )
+    chosen_row = next(r for r in table if r["chosen"])
+    return chosen_row, table
+
+
+def _contributions(
+    state: DesignRun, chosen: Design, table: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What each component of the chosen design contributed, from the study's trials.
+
+    For a component, the best trial that lacks it (its treatment off, or CE instead of the
+    chosen loss family, or the fixed model instead of the cell) is compared with the chosen
+    trial: the difference of their meta scores (positive = the component helped).
+    """
+    chosen_row = next(r for r in table if r["chosen"])
+    rows = []
+    for component in chosen.components:
+        without = [r for r in table if component not in Design.from_dict(r["design"]).components]
+        if not without:
+            rows.append({"component": component, "without": None})
+            continue
+        other = min(without, key=lambda r: r["score"])
+        rows.append(
+            {
+                "component": component,
+                "without": other["name"],
+                "trial_without": other["trial"],
+                "score_gain": other["score"] - chosen_row["score"],
+            }
+        )
+    return rows
+
+
+def run_design(
+    config: ExperimentConfig,
+    *,
+    default_study_name: str = "design",
+    retrain: bool = True,
+    splits: Splits | None = None,
+    fixed: Design | None = None,
+) -> DesignOutcome:
+    """Run (or resume) ``autorobust design`` for ``config`` in ``config.run_dir``.
+
+    Args:
+        config: the experiment; its ``design`` section sets the space, budget and scoring.
+        default_study_name: the study name when ``search.study_name`` is unset.
+        retrain: train the chosen design with ``train.epochs`` and measure it on the test split.
+        splits: pre-built splits (None: built from ``config``).
+        fixed: skip the study and retrain this design (a fixed recipe, such as the GLC or
+            RoLT-style baselines, through the same stages).
+
+    Returns:
+        :class:`DesignOutcome`.
+    """
+    from autorobust.design.report import write_report
+
+    wall = time.perf_counter()
+    run_dir = Path(config.run_dir)
+    splits = build_splits(config) if splits is None else splits
+    probe_epochs, trial_epochs = _epochs(config)
+    for genotype in config.design.architectures:
+        if genotype != "fixed" and not Path(genotype).is_file():
+            raise ConfigError(f"design.architectures: {genotype}: no such genotype file")
+    state = DesignRun(config, splits, run_dir, probe_epochs, trial_epochs)
+    _run_probe(state)
+    if fixed is None:
+        study = _run_study(state, default_study_name)
+        chosen, table = _choose(state, study)
+        finish_study(study, run_dir, design_table=table)
+    else:
+        chosen = {"trial": None, "design": fixed.to_dict(), "name": fixed.describe()}
+        table = [chosen]
+    design = Design.from_dict(chosen["design"])
+    contributions = _contributions(state, design, table) if fixed is None else []
+    retrained = None
+    if retrain:
+        started = time.process_time()
+        retrained, _, _, cost = _train_design(
+            state, design, epochs=config.train.epochs, run_dir=run_dir / "best",
+            evaluate_test=True,
+        )  # fmt: skip
+        state.cost["retrain_sample_epochs"] = cost
+        state.cost["retrain_cpu_seconds"] = time.process_time() - started
+        metrics = dict(retrained.metrics)
+        metrics["noise_model"] = noise_model_report(state)
+        write_json(retrained.run_dir / "metrics.json", metrics)
+        retrained = RunResult(run_dir=retrained.run_dir, metrics=metrics)
+    spent = sum(v for k, v in state.cost.items() if k.endswith("sample_epochs"))
+    state.cost["total_sample_epochs"] = spent
+    state.cost["budget_used"] = spent / state.reference_cost
+    state.cost["wall_seconds_this_call"] = time.perf_counter() - wall
+    summary = {
+        "chosen": chosen,
+        "trials": table,
+        "contributions": contributions,
+        "noise_model": noise_model_report(state),
+        "cost": state.cost,
+        "probe_epochs": probe_epochs,
+        "trial_epochs": trial_epochs,
+        "test": None if retrained is None else retrained.metrics["test"],
+        "retrained_data": None if retrained is None else retrained.metrics["data"],
+    }
+    write_json(run_dir / DESIGN_JSON, summary)
+    report = write_report(run_dir, summary, state)
+    return DesignOutcome(run_dir=run_dir, chosen=chosen, retrained=retrained, report=report)

@@ -1,0 +1,225 @@
+"""The report of ``autorobust design``: ``design.md`` and its plots.
+
+It says what was chosen and why (every trial's meta score with the standard error of its
+difference to the best), what each component contributed, the estimated noise model (and its
+error when the shift was simulated), what the selection kept, and the cost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autorobust._io import write_text
+from autorobust.report.plots import save_figure
+
+if TYPE_CHECKING:
+    from autorobust.design.pipeline import DesignRun
+
+__all__ = ["REPORT_NAME", "noise_model_plot", "trials_plot", "write_report"]
+
+REPORT_NAME = "design.md"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def noise_model_plot(report: dict[str, Any], class_names: list[str], path: Path) -> Path:
+    """T̂ as a heatmap (beside the true matrix when known), and the class counts: observed,
+    estimated clean n̂, and true clean counts when known."""
+    plt = _pyplot()
+    estimate = report["estimate"]
+    error = report.get("error")
+    panels = 3 if error else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    t_hat = np.asarray(estimate["transition"])
+    image = axes[0].imshow(t_hat, vmin=0.0, vmax=1.0, cmap="viridis")
+    axes[0].set_title(f"estimated T ({estimate['method']})")
+    axes[0].set_xlabel("observed label")
+    axes[0].set_ylabel("true class")
+    figure.colorbar(image, ax=axes[0], fraction=0.046)
+    counts_ax = axes[-1]
+    k = len(class_names)
+    x = np.arange(k)
+    counts_ax.bar(x - 0.27, estimate["observed_counts"], width=0.27, label="observed labels")
+    counts_ax.bar(x, estimate["clean_counts"], width=0.27, label="estimated clean n̂")
+    if error:
+        counts_ax.bar(x + 0.27, error["true_counts"], width=0.27, label="true clean")
+        difference = axes[1].imshow(
+            t_hat - np.asarray(_true_transition(error, t_hat)), vmin=-0.5, vmax=0.5, cmap="RdBu"
+        )
+        axes[1].set_xlabel("observed label")
+        figure.colorbar(difference, ax=axes[1], fraction=0.046)
+        axes[1].set_title(f"estimate - truth (mean row L1 {error['transition_row_l1_mean']:.2f})")
+    counts_ax.set_yscale("log")
+    counts_ax.set_xticks(x, class_names, rotation=60, ha="right", fontsize=7)
+    counts_ax.set_title("class counts")
+    counts_ax.legend(fontsize=7)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def _true_transition(error: dict[str, Any], like: np.ndarray) -> np.ndarray:
+    # noise_model_errors keeps the row errors, not the matrix; the report keeps the truth.
+    return np.asarray(error.get("true_transition", like))
+
+
+def trials_plot(trials: list[dict[str, Any]], path: Path) -> Path:
+    """Each trial's balanced meta log-loss with one standard error of its difference to the best."""
+    plt = _pyplot()
+    ordered = sorted(trials, key=lambda r: r["trial"])
+    figure, axis = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.2))
+    y = np.arange(len(ordered))
+    scores = [r["score"] for r in ordered]
+    errors = [r["standard_error"] for r in ordered]
+    colours = ["tab:red" if r["chosen"] else "tab:blue" for r in ordered]
+    axis.errorbar(scores, y, xerr=errors, fmt="none", ecolor="grey")
+    axis.scatter(scores, y, c=colours, zorder=3)
+    axis.set_yticks(y, [f"#{r['trial']} {r['name']}" for r in ordered], fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("balanced meta log-loss (lower is better); red: chosen")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Path:
+    """Write ``run_dir/design.md`` (and its plots) from the design's summary; return its path."""
+    names = list(state.splits.class_names)
+    noise = summary["noise_model"]
+    noise_model_plot(noise, names, run_dir / "noise_model.png")
+    trials = [r for r in summary["trials"] if r.get("trial") is not None]
+    if trials:
+        trials_plot(trials, run_dir / "design_trials.png")
+    chosen = summary["chosen"]
+    lines = [f"# Design report: {run_dir}", ""]
+    lines += ["## Chosen design", "", f"**{chosen['name']}**", ""]
+    for key, value in chosen["design"].items():
+        if value is not None:
+            lines.append(f"- {key}: `{value}`")
+    lines.append("")
+    test = summary.get("test")
+    if test:
+        lines += [
+            "Retrained with the full epoch budget, on the test split: balanced accuracy "
+            f"{_pct(test['balanced_accuracy'])}%, "
+            f"worst class {_pct(test['worst_class_accuracy'])}%, "
+            f"accuracy {_pct(test['accuracy'])}% (`best/metrics.json`).",
+            "",
+        ]
+    if trials:
+        lines += [
+            "## Trials",
+            "",
+            f"Every design was trained for {summary['trial_epochs']} epochs and scored on the "
+            "clean meta split only, by its balanced log-loss (lower is better). The standard "
+            "error is that of the paired difference to the best design over the meta images; "
+            "the simplest design within one standard error of the best is chosen.",
+            "",
+            "| trial | design | meta log-loss | difference to best ± SE | sample-epochs | |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in summary["trials"]:
+            mark = "chosen" if row["chosen"] else ("best" if row["best"] else "")
+            lines.append(
+                f"| {row['trial']} | {row['name']} | {row['score']:.4f} | "
+                f"{row['difference_to_best']:+.4f} ± {row['standard_error']:.4f} | "
+                f"{row['sample_epochs'] or 0:.0f} | {mark} |"
+            )
+        lines += ["", "![trials](design_trials.png)", ""]
+    if summary["contributions"]:
+        lines += [
+            "## What each component contributed",
+            "",
+            "From the study: the chosen design against the best trial without the component "
+            "(positive: the component lowered the meta log-loss).",
+            "",
+            "| component | best design without it | meta log-loss gain |",
+            "|---|---|---|",
+        ]
+        for row in summary["contributions"]:
+            if row["without"] is None:
+                lines.append(f"| {row['component']} | no trial without it | – |")
+            else:
+                lines.append(
+                    f"| {row['component']} | #{row['trial_without']} {row['without']} | "
+                    f"{row['score_gain']:+.4f} |"
+                )
+        lines.append("")
+    estimate = noise["estimate"]
+    lines += [
+        "## Estimated noise model",
+        "",
+        f"Estimated from the probe ({summary['probe_epochs']} epochs, logit adjustment) with the "
+        f"`{estimate['method']}` estimator (`noise_model.json`).",
+        "",
+        "| class | observed labels | estimated clean n̂ | estimated P(label kept) |"
+        + (" true clean | true P(label kept) |" if noise.get("error") else ""),
+        "|---|---|---|---|" + ("---|---|" if noise.get("error") else ""),
+    ]
+    diagonal = np.diag(np.asarray(estimate["transition"]))
+    for c, name in enumerate(names):
+        row = (
+            f"| {name} | {estimate['observed_counts'][c]} | {estimate['clean_counts'][c]:.0f} | "
+            f"{diagonal[c]:.2f} |"
+        )
+        if noise.get("error"):
+            true_diag = noise["error"].get("true_diagonal")
+            row += f" {noise['error']['true_counts'][c]:.0f} | "
+            row += f"{true_diag[c]:.2f} |" if true_diag else "– |"
+        lines.append(row)
+    if noise.get("error"):
+        error = noise["error"]
+        lines += [
+            "",
+            f"Estimation error (simulated shift): mean row L1 of T̂ − T "
+            f"{error['transition_row_l1_mean']:.3f} (max {error['transition_row_l1_max']:.3f}); "
+            f"total variation between the estimated and the true clean prior "
+            f"{error['prior_total_variation']:.3f} (the observed counts: "
+            f"{error['observed_prior_total_variation']:.3f}).",
+        ]
+    lines += ["", "![noise model](noise_model.png)", ""]
+    relabel = None
+    if summary.get("retrained_data"):
+        relabel = summary["retrained_data"].get("relabel")
+    if relabel:
+        lines += [
+            "## Selection",
+            "",
+            f"The retrained design kept {relabel['kept']} of {relabel['pool_size']} samples "
+            f"({relabel['relabelled']} relabelled, {relabel['dropped']} dropped).",
+            "",
+        ]
+    cost = summary["cost"]
+    lines += [
+        "## Cost",
+        "",
+        "In sample-epochs (one sample through one training epoch; MW-Net and AutoBalance steps "
+        "count their nominal extra cost) and in units of one training of the configured model "
+        "on the whole pool for `train.epochs` epochs (the budget's unit).",
+        "",
+        "| stage | sample-epochs | CPU s |",
+        "|---|---|---|",
+        f"| probe | {cost.get('probe_sample_epochs', 0):.0f} | "
+        f"{cost.get('probe_cpu_seconds', 0):.0f} |",
+        f"| trials | {cost.get('trials_sample_epochs', 0):.0f} | – |",
+        f"| retraining | {cost.get('retrain_sample_epochs', 0):.0f} | "
+        f"{cost.get('retrain_cpu_seconds', 0):.0f} |",
+        f"| **total** | {cost.get('total_sample_epochs', 0):.0f} "
+        f"(**{cost.get('budget_used', 0):.2f}** trainings) | |",
+        "",
+    ]
+    path = run_dir / REPORT_NAME
+    write_text(path, "\n".join(lines) + "\n")
+    return path
