@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
