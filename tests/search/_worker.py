@@ -10,8 +10,10 @@ that a retried trial resumes where its dead predecessor stopped. Every worker pa
 first trial (``FIRST``), which the study must hold once.
 
 With ``--block`` the first trial checkpoints two epochs, starts writing the third checkpoint,
-prints ``in-trial NUMBER`` halfway through that write and waits on stdin, which the test never
-closes: the test kills the process there, leaving a partial temporary file behind. On exit the
+creates ``ROOT/blocked`` and prints ``in-trial NUMBER`` halfway through that write, and waits on
+stdin, which the test never closes: the test kills the process there, leaving a partial temporary
+file behind. With ``--after-block`` the first trial waits for ``ROOT/blocked`` before it trains, so
+that fast workers cannot finish the whole study before the blocking one has a trial. On exit the
 worker prints whether torch was imported (it must not be: workers stay light).
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -35,7 +38,7 @@ from autorobust.search.runner import (
     take_over_trial_dir,
 )
 
-EPOCHS = 4
+EPOCHS = 3
 STEPS_PER_EPOCH = 50
 FIRST = {"x": 1.5, "y": -1.5}
 CHECKPOINT = "checkpoint.json"
@@ -80,14 +83,19 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--block", action="store_true")
+    parser.add_argument("--after-block", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     blocked = False
+    waited = not args.after_block
 
     def objective(trial: optuna.Trial) -> float:
-        nonlocal blocked
+        nonlocal blocked, waited
         x = trial.suggest_float("x", -5.0, 5.0)
         y = trial.suggest_float("y", -5.0, 5.0)
+        if not waited:
+            waited = True
+            _wait_for(args.root / "blocked")
         folder = args.root / "trials" / f"trial-{trial.number:04d}"
         take_over_trial_dir(
             trial, folder, lambda number: args.root / "trials" / f"trial-{number:04d}"
@@ -103,7 +111,7 @@ def main() -> None:
         for epoch in range(start, EPOCHS):
             if args.block and not blocked and epoch == 2:
                 blocked = True
-                atomic_write(checkpoint, lambda handle: _stall(handle, trial.number))
+                atomic_write(checkpoint, lambda handle: _stall(handle, trial.number, args.root))
             point = train_epoch(point)
             write_json(checkpoint, {"epoch": epoch + 1, "point": point.tolist()})
         checkpoint.unlink()
@@ -127,11 +135,21 @@ def main() -> None:
     print(f"torch imported: {'torch' in sys.modules}", flush=True)
 
 
-def _stall(handle: IO[bytes], number: int) -> None:
+def _stall(handle: IO[bytes], number: int, root: Path) -> None:
     handle.write(b'{"epoch": 3, "point": [0.1')  # half a checkpoint
     handle.flush()
+    (root / "blocked").touch()
     print(f"in-trial {number}", flush=True)
     sys.stdin.read()  # the test never closes stdin: this waits until the process is killed
+
+
+def _wait_for(path: Path, timeout_s: float = 120.0) -> None:
+    """Wait (a barrier between processes, not a stand-in for work) until ``path`` exists."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.02)
 
 
 if __name__ == "__main__":
