@@ -320,12 +320,14 @@ def run_pool(
     deadline_s: float | None = None,
     elapsed_offset: float = 0.0,
     follow_up: Callable[[dict, dict], list[dict]] | None = None,
+    priority: Callable[[dict], int] | None = None,
 ) -> list[dict]:
     """Run ``unit(job)`` for every job of ``queue`` on ``workers`` spawned processes.
 
     Each finished row gets ``elapsed_s`` (plus ``elapsed_offset``, the earlier runs' time) and is
-    appended to the JSON lines file ``sink`` at once. ``follow_up(job, row)`` may return new jobs,
-    which go to the front of the queue. At ``deadline_s``, on Ctrl-C or on SIGTERM, no new unit
+    appended to the JSON lines file ``sink`` at once. ``follow_up(job, row)`` may return new jobs:
+    they go to the front of the queue or, given ``priority`` (lower runs first), before the first
+    queued job of a higher priority. At ``deadline_s``, on Ctrl-C or on SIGTERM, no new unit
     starts, the workers' running units stop at their next epoch (a stop event they poll) and the
     pool shuts down (``cancel_futures=True``); rows of stopped units are not written.
 
@@ -372,7 +374,14 @@ def run_pool(
                         flush=True,
                     )
                     if follow_up is not None and "error" not in row:
-                        queue[:0] = follow_up(job, row)
+                        for new in reversed(follow_up(job, row)):
+                            at = 0
+                            if priority is not None:
+                                later = (
+                                    i for i, j in enumerate(queue) if priority(j) > priority(new)
+                                )
+                                at = next(later, len(queue))
+                            queue.insert(at, new)
     except (_Deadline, KeyboardInterrupt) as exc:
         print(
             f"stopping ({exc or 'interrupt'}): {len(running)} running units stop at their next "

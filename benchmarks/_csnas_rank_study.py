@@ -66,10 +66,10 @@ DEFAULTS: dict[str, Any] = {
     "startup_trials": 10,
     "eval_layers": 3,
     "eval_channels": 4,
-    "final_epochs": 6,
-    "final_batch": 64,
+    "final_epochs": 5,
+    "final_batch": 96,
     "final_lr": 0.05,
-    "train_images": 4000,
+    "train_images": 6000,
     "test_images": None,
     "plain_final": True,
     "deadline_s": None,
@@ -101,16 +101,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "workers": 2,
         "deadline_s": 600,
     },
-    # 2 CPU cores, 2 single-threaded workers, about 2 hours of an idle machine's CPU (measured
-    # per unit, one thread: a final training ~70 s, a contrastive score ~13 s, a training-free
-    # score 0.2-1.3 s). A DARTS network is overhead-bound on a CPU and its first cell at 28 x 28
-    # dominates, so the final networks are small (3 cells x 4 channels, ~9 k parameters) and
-    # trained without DARTS' regularisers at a higher learning rate for 6 epochs on 4000 pool
-    # images: small cells differ more in accuracy than seeds do, which makes the ranking
-    # reproducible. 30 random cells x 2 datasets x 2 seeds = 120 trainings, every fitness at the
-    # earlier benchmark's search proxy (4 cells x 8 channels, 384 unlabeled images, 2 epochs),
-    # 30-trial TPE searches with each training-free fitness and the supervised one.
-    "cpu-rank-2h": {"workers": 2, "threads": 1, "deadline_s": 4 * 3600},
+    # 2 CPU cores, 2 single-threaded workers, about 2 hours of an idle machine's CPU (one
+    # thread: a final training ~80 s, a contrastive score ~13 s, a training-free score 0.2-1.5 s);
+    # it stops cleanly after 3 hours and the same command resumes it. A DARTS network is
+    # overhead-bound on a CPU and its first cell at 28 x 28 dominates, so the final networks are
+    # small (3 cells x 4 channels, ~9-13 k parameters), trained without DARTS' regularisers at
+    # lr 0.05 for 5 epochs on 6000 pool images and measured on the whole test split. 30 random
+    # cells x 2 datasets x 2 seeds = 120 trainings, every fitness at the earlier benchmark's
+    # search proxy (4 cells x 8 channels, 384 unlabeled images, 2 epochs), 30-trial TPE searches
+    # with each training-free fitness and the supervised one.
+    "cpu-rank-2h": {"workers": 2, "threads": 1, "deadline_s": 3 * 3600},
     # The paper's proxy on one GPU (not run here: no GPU was lent): candidates of 8 cells x 16
     # channels trained for 5 epochs on the whole 10% unlabeled view (6000 images) at batch 150 and
     # lr 0.001, final networks of 8 cells x 16 channels with the DARTS recipe for 10 epochs on the
@@ -305,17 +305,31 @@ def _cell_jobs(settings: dict, dataset: str, genotype: dict, **extra: Any) -> li
     ]
 
 
+def priority(job: dict) -> int:
+    """The order units run in (lower first): training-free scores, searches, the random cells
+    (the ground truth: both seeds, both datasets, cell by cell), the searches' best cells, and the
+    trained fitnesses' scores (the longest scores, only needed for their own rows)."""
+    if job["unit"] == "score":
+        return 0 if job["fitness"] in TRAINING_FREE else 4
+    if job["unit"] == "search":
+        return 1
+    return 2 if job.get("origin") == "random" else 3
+
+
 def jobs(settings: dict) -> list[dict]:
-    """Every unit in priority order: scores (training-free first), searches, then the cells."""
+    """Every unit of the study in :func:`priority` order (the searches' best cells come later)."""
     cells = rank_cells(settings)
-    fitnesses = sorted(settings["rank_fitnesses"], key=lambda f: f not in TRAINING_FREE)
-    scores = [
-        {**_base(settings, d), "unit": "score", "fitness": f, "arch": k, "origin": "random"}
-        | {"genotype": g}
-        for f in fitnesses
-        for d in settings["datasets"]
-        for k, g in enumerate(cells)
-    ]
+    scores = {
+        free: [
+            {**_base(settings, d), "unit": "score", "fitness": f, "arch": k, "origin": "random"}
+            | {"genotype": g}
+            for f in settings["rank_fitnesses"]
+            if (f in TRAINING_FREE) == free
+            for d in settings["datasets"]
+            for k, g in enumerate(cells)
+        ]
+        for free in (True, False)
+    }
     searches = [
         {**_base(settings, d), "unit": "search", "fitness": f}
         | {"trials": settings["trials"], "startup_trials": settings["startup_trials"]}
@@ -328,7 +342,7 @@ def jobs(settings: dict) -> list[dict]:
         for d in settings["datasets"]
         for job in _cell_jobs(settings, d, g, arch=k, origin="random")
     ]
-    return scores + searches + trained
+    return sorted(scores[True] + searches + trained + scores[False], key=priority)
 
 
 def run(settings: dict, jsonl: Path) -> list[dict]:
@@ -341,7 +355,7 @@ def run(settings: dict, jsonl: Path) -> list[dict]:
     for row in earlier:
         if row["unit"] == "search" and row["key"] in {_key(j) for j in queue}:
             search_finals += _search_cells(settings, row)
-    queue = [job for job in search_finals + queue if _key(job) not in done]
+    queue = sorted((job for job in queue + search_finals if _key(job) not in done), key=priority)
     offset = max((r.get("elapsed_s", 0.0) for r in earlier), default=0.0)
 
     def follow_up(job: dict, row: dict) -> list[dict]:
@@ -360,6 +374,7 @@ def run(settings: dict, jsonl: Path) -> list[dict]:
         deadline_s=settings["deadline_s"],
         elapsed_offset=offset,
         follow_up=follow_up,
+        priority=priority,
     )
     return earlier + [r for r in rows if "error" not in r and not r.get("stopped")]
 

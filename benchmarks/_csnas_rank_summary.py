@@ -220,8 +220,12 @@ def _targets(summary: dict, settings: dict) -> None:
     """The issue's targets for the label-free fitness with the highest tau-b on each dataset."""
     targets = summary["targets"]
     for dataset, item in summary["datasets"].items():
-        label_free = [e for e in item["fitnesses"] if e["fitness"] in TRAINING_FREE]
-        if not label_free:
+        label_free = [
+            e
+            for e in item["fitnesses"]
+            if e["fitness"] in TRAINING_FREE and np.isfinite(e["tau_b"])
+        ]
+        if not label_free:  # no accuracies yet: tau is nan
             continue
         best = max(label_free, key=lambda e: e["tau_b"])
         ceiling = item.get("ceiling", {}).get("tau_b")
