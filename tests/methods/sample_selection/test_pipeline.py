@@ -117,6 +117,30 @@ def test_relabelling_options() -> None:
     np.testing.assert_array_equal(agreed.labels, [0, -1, 1, 1, -1, -1])
 
 
+def test_relabelling_can_take_another_models_predictions() -> None:
+    # E.g. a model trained on the kept samples: here it is unsure of sample 2 (0.62 < 0.9).
+    prediction_logits = LOGITS.copy()
+    prediction_logits[2] = [0.0, 0.5]
+    probe = _probe(prediction_logits=prediction_logits)
+    np.testing.assert_array_equal(
+        select_labels(probe, SelectionConfig(**MEDIAN)).labels, [0, -1, -1, 1, -1, -1]
+    )
+    # Without the probe's own logits, detection needs another detector; relabelling still works.
+    weights_only = ProbeOutputs(
+        num_classes=2,
+        labels=OBSERVED,
+        meta_labels=META_LABELS,
+        weights=np.array([0.9, 0.1, 0.2, 0.9, 0.8, 0.1]),
+        prediction_logits=LOGITS,
+    )
+    selection = select_labels(
+        weights_only, SelectionConfig(detector="weights", rule="otsu", min_keep=1)
+    )
+    # Otsu keeps 0.9 of class 0 and 0.9, 0.8 of class 1; sample 2 (no candidate score from the
+    # weights) is relabelled on its confidence alone; 5 is not confident enough.
+    np.testing.assert_array_equal(selection.labels, [0, -1, 1, 1, 1, -1])
+
+
 def test_relabel_mask_conditions() -> None:
     predicted, confidence = confident_predictions(np.array([[0.0, 4.0], [0.0, 0.0]]))
     np.testing.assert_array_equal(predicted, [1, 0])

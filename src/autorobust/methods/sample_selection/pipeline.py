@@ -77,11 +77,12 @@ class Selection:
 def select_labels(probe: ProbeOutputs, config: SelectionConfig | None = None) -> Selection:
     """Run the detector, the per-class rule and the relabelling of ``config`` on ``probe``.
 
-    A sample the rule keeps keeps its label with weight 1. A rejected sample takes the probe's
-    predicted class (raw-logit argmax) when :func:`~autorobust.methods.sample_selection.
-    relabelling.relabel_mask` allows it, with its confidence as weight (``relabel_weight:
-    confidence``) or 1; otherwise its label is dropped, or kept with ``rejected_weight``
-    (``rejected: keep``). No class present among the observed labels is emptied (``min_keep``).
+    A sample the rule keeps keeps its label with weight 1. A rejected sample takes the predicted
+    class (raw-logit argmax of the probe's ``prediction_logits``, default its ``logits``) when
+    :func:`~autorobust.methods.sample_selection.relabelling.relabel_mask` allows it, with its
+    confidence as weight (``relabel_weight: confidence``) or 1; otherwise its label is dropped,
+    or kept with ``rejected_weight`` (``rejected: keep``). No class present among the observed
+    labels is emptied (``min_keep``).
 
     Raises:
         ConfigError: an unknown detector or rule, an unknown option, or a combination the probe's
@@ -110,12 +111,13 @@ def select_labels(probe: ProbeOutputs, config: SelectionConfig | None = None) ->
     weights = kept.astype(np.float64)
     relabelled = np.zeros_like(kept)
     if config.relabel:
-        if probe.logits is None:
+        logits = probe.logits if probe.prediction_logits is None else probe.prediction_logits
+        if logits is None:
             raise ConfigError(
                 "selection.relabel: relabelling takes the probe's predicted class, but its "
                 "logits were not given; set relabel: false"
             )
-        predicted, confidence = confident_predictions(probe.logits)
+        predicted, confidence = confident_predictions(logits)
         guesses = None
         if config.relabel_needs_prototype:
             if probe.features is None or probe.meta_features is None:

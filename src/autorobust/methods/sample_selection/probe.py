@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,11 @@ class ProbeOutputs:
             logit-adjusted loss; MW-Net's recorded ``losses``).
         meta_losses: float (M,), the same loss of the meta images and their labels.
         weights: float (N,), MW-Net's per-sample weights of the last epoch.
+        prediction_logits: float (N, K), the logits relabelling takes its predicted class and
+            confidence from; None: ``logits``. A probe trained on noisy labels learns the noisy
+            posterior, whose confidence the noise caps (40% symmetric noise: no pool sample
+            reached 0.9 after 5 epochs on Fashion-MNIST), so these may come from a model trained
+            on the kept samples, or be corrected by a noise model.
     """
 
     num_classes: int
@@ -56,7 +61,8 @@ class ProbeOutputs:
     meta_features: np.ndarray | None = None
     losses: np.ndarray | None = None
     meta_losses: np.ndarray | None = None
-    weights: np.ndarray | None = field(default=None)
+    weights: np.ndarray | None = None
+    prediction_logits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -76,6 +82,7 @@ class ProbeOutputs:
             "losses": (n,),
             "meta_losses": (m,),
             "weights": (n,),
+            "prediction_logits": (n, k),
         }
         for name, shape in expected.items():
             value = getattr(self, name)
