@@ -111,7 +111,7 @@ def test_without_a_file_the_fingerprint_is_unchanged(tmp_path) -> None:
 
     config = _config(tmp_path, None)
     relevant = config.to_dict()
-    for key in ("run_dir", "device", "search"):
+    for key in ("run_dir", "device", "search", "design"):  # design: how runs are composed
         relevant.pop(key)
     relevant["train"].pop("progress")
     relevant["train"].pop("threads")

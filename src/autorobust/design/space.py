@@ -123,7 +123,6 @@ REFERENCE_DESIGNS: tuple[Design, ...] = (
         detector="posterior",
         quantile=0.1,
         relabel=False,
-        relabel_confidence=0.9,
     ),
     Design(treatment="transition", loss="logit_adjustment", tau=1.0),
     Design(

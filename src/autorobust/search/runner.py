@@ -589,8 +589,9 @@ def open_study(
         settings: the search settings.
         run_dir: folder of the default SQLite storage; created if needed.
         first_params: parameters of a trial to run first: enqueued unless the study already
-            holds a trial with them (checked and enqueued under the open lock, so workers
-            started together enqueue it once).
+            holds a queued, running or finished trial with them (a failed one, e.g. interrupted,
+            is queued again); checked and enqueued under the open lock, so workers started
+            together enqueue it once.
 
     Raises:
         ConfigError: the storage URL is malformed, or the stored study has other directions or
@@ -654,9 +655,26 @@ def _open_locked(
         )
     if settings.space is not None:
         _check_space(study, settings.space, redact_url(url))
-    if first_params is not None:
-        study.enqueue_trial(dict(first_params), skip_if_exists=True)
+    if first_params is not None and not _holds_trial_with(study, first_params):
+        study.enqueue_trial(dict(first_params))
     return study
+
+
+def _holds_trial_with(study: optuna.Study, params: Mapping[str, Any]) -> bool:
+    """Whether a trial with ``params`` is queued, running or finished (COMPLETE or PRUNED).
+
+    Unlike Optuna's ``skip_if_exists``, a FAILed trial does not count: a first trial that was
+    interrupted (Ctrl-C) or crashed is queued again when the study resumes.
+    """
+    wanted = dict(params)
+    for trial in study.get_trials(deepcopy=False, states=_HOLDING_BUDGET):
+        if trial.state == TrialState.WAITING:
+            # A queued trial has no params yet; enqueue_trial keeps them as "fixed_params".
+            if trial.system_attrs.get("fixed_params") == wanted:
+                return True
+        elif trial.params == wanted:
+            return True
+    return False
 
 
 def _check_space(study: optuna.Study, space: Mapping[str, Any], where: str) -> None:

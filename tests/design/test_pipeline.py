@@ -1,0 +1,123 @@
+"""``autorobust design`` end to end on the bundled digits: stages, resume, report, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import autorobust.design.pipeline as pipeline
+from autorobust.cli import main
+from autorobust.config import load_config
+from autorobust.design.pipeline import design_run_config, run_design
+from autorobust.design.space import REFERENCE_DESIGNS, Design
+from autorobust.experiment import build_splits
+from autorobust.train.trainer import load_checkpoint
+
+SMALL = [
+    "train.epochs=6",
+    "train.batch_size=128",
+    "model.options.width=8",
+    "train.progress=false",
+    "device=cpu",
+    "design.losses=[cross_entropy,logit_adjustment]",
+    "design.treatments=[none,transition,selection]",
+    "design.max_trials=5",
+]
+
+
+def _config(run_dir: Path, *extra: str):
+    return load_config("demo", [f"run_dir={run_dir}", *SMALL, *extra])
+
+
+def test_design_runs_every_stage_and_reports_the_chosen_components(tmp_path: Path) -> None:
+    outcome = run_design(_config(tmp_path / "d"))
+    summary = json.loads((tmp_path / "d" / "design.json").read_text())
+    # The probe, one reference design per treatment, then TPE; the budget allows a few trials.
+    names = [row["name"] for row in summary["trials"]]
+    assert len(names) >= 4
+    assert sum(row["chosen"] for row in summary["trials"]) == 1
+    assert {"transition", "selection"} <= {
+        Design.from_dict(row["design"]).treatment for row in summary["trials"]
+    }
+    report = outcome.report.read_text()
+    chosen = Design.from_dict(outcome.chosen["design"])
+    for component in chosen.components:
+        assert component in report
+    assert f"**{chosen.describe()}**" in report
+    assert (tmp_path / "d" / "noise_model.png").is_file()
+    assert (tmp_path / "d" / "design_trials.png").is_file()
+    # In a simulated shift the noise model's error is measured and written with the test metrics.
+    error = outcome.retrained.metrics["noise_model"]["error"]
+    assert 0.0 <= error["prior_total_variation"] <= 1.0
+    assert len(error["transition_row_l1"]) == 10
+    assert 0.0 < outcome.retrained.metrics["test"]["balanced_accuracy"] <= 1.0
+    # The budget (3 trainings by default) holds, the probe's work included.
+    assert 0.3 < summary["cost"]["budget_used"] <= 3.0
+
+
+def test_design_resumes_after_an_interruption_to_the_same_result(tmp_path, monkeypatch) -> None:
+    full = run_design(_config(tmp_path / "full"))
+
+    train_design = pipeline._train_design
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C during the third design trained
+            raise KeyboardInterrupt
+        return train_design(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_train_design", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_design(_config(tmp_path / "cut"))
+    monkeypatch.setattr(pipeline, "_train_design", train_design)
+    resumed = run_design(_config(tmp_path / "cut"))
+
+    assert resumed.chosen["name"] == full.chosen["name"]
+    a = load_checkpoint(tmp_path / "full" / "best" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "cut" / "best" / "checkpoint.pt")
+    for name, tensor in a["best_model"].items():
+        assert torch.equal(tensor, b["best_model"][name]), name
+    scores = lambda run: [  # noqa: E731
+        (r["name"], r["score"])
+        for r in json.loads((tmp_path / run / "design.json").read_text())["trials"]
+    ]
+    assert scores("full") == scores("cut")
+
+
+def test_each_design_becomes_the_config_that_trains_it(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    splits = build_splits(config)
+    noise_file, relabel_file = tmp_path / "noise_model.json", tmp_path / "sel.npz"
+    plain, selection, transition, relabel = REFERENCE_DESIGNS
+    built = design_run_config(config, plain, epochs=2, run_dir=tmp_path / "a")
+    assert (built.method, built.loss.name, built.train.epochs) == ("erm", "logit_adjustment", 2)
+    built = design_run_config(
+        config, selection, epochs=2, run_dir=tmp_path / "b", relabel_file=relabel_file
+    )
+    assert built.data.relabel_file == str(relabel_file)
+    built = design_run_config(
+        config, transition, epochs=2, run_dir=tmp_path / "c", noise_model_file=noise_file
+    )
+    assert built.loss.name == "forward_corrected"
+    assert built.loss.options == {"noise_model_file": str(noise_file), "tau": 1.0}
+    mwnet = Design(treatment="mwnet", loss="cross_entropy", tau=0.0, mwnet_class_aware=True,
+                   mwnet_lr=1e-3)  # fmt: skip
+    built = design_run_config(config, mwnet, epochs=2, run_dir=tmp_path / "d")
+    assert built.method == "reweight" and built.reweight.class_embedding == 8
+    assert splits.num_classes == 10
+
+
+def test_cli_design_prints_the_choice_and_refuses_a_bad_budget(tmp_path: Path, capsys) -> None:
+    args = ["design", "demo", "--run-dir", str(tmp_path / "cli"), "--budget", "2"]
+    for item in SMALL:
+        args += ["--set", item]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "chosen design: " in out and "design.md" in out
+    assert main([*args[:3], str(tmp_path / "bad"), "--budget", "0.5"]) == 2
+    assert "design.budget" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

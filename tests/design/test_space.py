@@ -1,0 +1,65 @@
+"""The design space: what a trial can propose, and reference designs enqueued by their params."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autorobust.design.config import DesignConfig
+from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
+from autorobust.errors import ConfigError
+
+
+@pytest.mark.parametrize("design", REFERENCE_DESIGNS, ids=lambda d: d.describe())
+def test_reference_designs_round_trip_through_their_params(design: Design) -> None:
+    space = DesignSpace(DesignConfig())
+    params = space.params(design)
+    assert params is not None
+    assert space.suggest(optuna.trial.FixedTrial(params)) == design
+
+
+def test_every_proposal_composes(tmp_path) -> None:
+    space = DesignSpace(DesignConfig())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(200):
+        trial = study.ask()
+        design = space.suggest(trial)
+        study.tell(trial, 0.0)
+        seen.add((design.treatment, design.loss))
+        assert not (design.treatment == "mwnet" and design.loss == "autobalance")
+        if design.treatment == "selection":
+            assert design.detector in ("posterior", "prototype")
+            assert 0.02 <= design.quantile <= 0.3
+        else:
+            assert design.detector is None and design.quantile is None
+        assert Design.from_dict(design.to_dict()) == design
+    # Every treatment meets every loss family it composes with.
+    assert len(seen) == 4 * 3 - 1
+
+
+def test_a_design_outside_the_space_has_no_params() -> None:
+    space = DesignSpace(DesignConfig(treatments=["none", "selection"]))
+    assert space.params(Design(treatment="transition")) is None
+    assert space.params(Design(treatment="none", tau=3.0)) is None  # tau outside its range
+
+
+def test_components_and_simplicity() -> None:
+    plain = Design(treatment="none", loss="cross_entropy", tau=0.0)
+    selected = REFERENCE_DESIGNS[3]
+    assert plain.components == []
+    assert selected.components == ["selection", "relabel", "logit_adjustment"]
+    assert plain.complexity < selected.complexity
+    assert Design(loss="autobalance").cost_factor > 1.0
+
+
+def test_unknown_design_field_is_named() -> None:
+    with pytest.raises(ConfigError, match="unknown design field 'colour'"):
+        Design.from_dict({"colour": "red"})
+
+
+def test_config_ranges_are_checked() -> None:
+    with pytest.raises(ValueError, match="quantile_range"):
+        DesignConfig(quantile_range=(0.5, 1.5))
+    with pytest.raises(ValueError, match="budget"):
+        DesignConfig(budget=1.0)
