@@ -125,13 +125,16 @@ def test_corrected_confusion_undoes_a_known_probe_confusion() -> None:
         pool_logits=one_hot[pool_pred],
         meta_logits=one_hot[meta_pred],
         meta_labels=meta_labels,
-        correct_confusion=True,
+        pseudo_count=0.0,  # M is exact here: undo it fully
     )
     assert model.method == "confusion_corrected"
     np.testing.assert_allclose(model.transition, T, atol=1e-9)
     np.testing.assert_allclose(model.clean_counts, n, rtol=1e-9)
     uncorrected = estimate_noise_model(
-        observed_labels=np.array(pool_obs), num_classes=3, pool_logits=one_hot[pool_pred]
+        observed_labels=np.array(pool_obs),
+        num_classes=3,
+        pool_logits=one_hot[pool_pred],
+        correct_confusion=False,
     )
     assert uncorrected.method == "confusion"
     assert np.abs(uncorrected.transition - T).sum(axis=1).max() > 0.1
@@ -155,6 +158,19 @@ def test_glc_of_a_logit_adjusted_probe_uses_its_noisy_posterior() -> None:
     )
     np.testing.assert_allclose(model.transition, posterior, rtol=1e-12)
     assert model.method == "glc" and model.info["probe_tau"] == 0.5
+
+
+def test_confusion_shrinks_towards_identity_by_pseudo_counts() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    predicted = np.array([0, 0, 1, 1, 0, 1])
+    np.testing.assert_allclose(
+        confusion_matrix(predicted, labels, 3), [[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]]
+    )
+    # Class 0: (2 + 4, 2) / (4 + 4); class 1: (1, 1 + 4) / (2 + 4); class 2: identity.
+    np.testing.assert_allclose(
+        confusion_matrix(predicted, labels, 3, pseudo_count=4.0),
+        [[0.75, 0.25, 0], [1 / 6, 5 / 6, 0], [0, 0, 1]],
+    )
 
 
 def test_errors_by_hand() -> None:

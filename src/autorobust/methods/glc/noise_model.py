@@ -16,10 +16,12 @@ Two estimators of T̂ (``estimate_noise_model(method=...)``):
 - ``"confusion"``: the joint counts C_ij of the probe's *predicted clean class* i and the observed
   label j on the pool, then n̂_i = Σ_j C_ij and T̂_i = C_i / n̂_i. It uses every pool image rather
   than 10 meta images per class, and its errors are the probe's classification errors on the pool.
-  With ``correct_confusion`` the probe's confusion M_ij = P(ŷ = j | y = i) measured on the meta set
-  is undone: C ≈ Mᵀ diag(n) T is solved for diag(n) T ≥ 0 column by column (non-negative least
-  squares), which is exact when ŷ and ỹ are independent given y (class-conditional noise, a probe
-  that did not memorise the pool's labels) and M is known.
+  With ``correct_confusion`` (the default) the probe's confusion M_ij = P(ŷ = j | y = i) measured
+  on the meta set is undone: C ≈ Mᵀ diag(n) T is solved for diag(n) T ≥ 0 column by column
+  (non-negative least squares), which is exact when ŷ and ỹ are independent given y
+  (class-conditional noise, a probe that did not memorise the pool's labels) and M is known. M
+  from 10 images per class is too noisy to invert as it is; it is shrunk towards the identity by
+  ``pseudo_count`` correct predictions per class first.
 
 The clean counts solve min ‖T̂ᵀ n − observed‖ over n ≥ 0 (:func:`estimate_clean_counts`), then are
 floored (see there) and rescaled to the number of observed labels. For the confusion estimator
@@ -42,6 +44,7 @@ from autorobust.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_FLOOR",
+    "DEFAULT_PSEUDO_COUNT",
     "NoiseModel",
     "confusion_matrix",
     "estimate_clean_counts",
@@ -54,6 +57,9 @@ __all__ = [
 
 DEFAULT_FLOOR = 0.01
 """Smallest clean count as a fraction of the uniform share N / K (see estimate_clean_counts)."""
+
+DEFAULT_PSEUDO_COUNT = 10.0
+"""Correct predictions added per class to the probe's meta-set confusion before it is undone."""
 
 _FORMAT = "autorobust-noise-model"
 _VERSION = 1
@@ -132,16 +138,28 @@ def estimate_transition(
     return rows / rows.sum(axis=1, keepdims=True)
 
 
-def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(
+    predicted: np.ndarray, labels: np.ndarray, num_classes: int, *, pseudo_count: float = 0.0
+) -> np.ndarray:
     """Row-normalised confusion M_ij = P(ŷ = j | y = i), float64 (K, K), of predictions int (M,)
-    against true labels int (M,); a class without a labelled image gets the identity row."""
+    against true labels int (M,).
+
+    ``pseudo_count`` s >= 0 adds s correct predictions to every class: row i is
+    (counts_i + s e_i) / (m_i + s), the meta-set confusion shrunk towards the identity by
+    s / (m_i + s). With 10 meta images per class one image moves an entry by 0.1, and inverting
+    such a noisy M amplifies it; the shrinkage trades that variance for a bias that fades as the
+    meta set grows. A class without a labelled image gets the identity row.
+    """
     k = _check_num_classes(num_classes)
     y = _check_labels(labels, len(np.asarray(labels)), k, "labels")
     pred = _check_labels(predicted, len(y), k, "predicted")
+    if not (np.isfinite(pseudo_count) and pseudo_count >= 0):
+        raise ValueError(f"pseudo_count must be a number >= 0, got {pseudo_count!r}")
     counts = np.zeros((k, k))
     np.add.at(counts, (y, pred), 1.0)
+    counts += pseudo_count * np.eye(k)
     totals = counts.sum(axis=1, keepdims=True)
-    return np.where(totals > 0, counts / np.maximum(totals, 1.0), np.eye(k))
+    return np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), np.eye(k))
 
 
 def estimate_transition_confusion(
@@ -450,7 +468,8 @@ def estimate_noise_model(
     meta_labels: np.ndarray | None = None,
     pool_logits: np.ndarray | None = None,
     probe_tau: float = 0.0,
-    correct_confusion: bool = False,
+    correct_confusion: bool = True,
+    pseudo_count: float = DEFAULT_PSEUDO_COUNT,
     floor: float = DEFAULT_FLOOR,
     class_names: Sequence[str] | None = None,
     info: dict[str, Any] | None = None,
@@ -466,12 +485,19 @@ def estimate_noise_model(
         num_classes: K.
         method: "confusion" (default; needs ``pool_logits``, and with ``correct_confusion`` also
             ``meta_logits`` and ``meta_labels``) or "glc" (needs ``meta_logits``,
-            ``meta_labels``). README, "Noise model", has the measured errors of both.
+            ``meta_labels``). README, "Noise model", has the measured errors of both: on
+            Fashion-MNIST ρ = 100 with 40% noise GLC's estimate was the worst of all, worse than
+            the observed counts as a prior.
         meta_logits: float (M, K), the probe's logits on the clean meta images.
         meta_labels: int (M,), their clean labels.
         pool_logits: float (N, K), its logits on the pool images.
         probe_tau: τ >= 0 of the probe's logit adjustment (0: trained with cross-entropy).
-        correct_confusion: undo the probe's meta-set confusion (confusion method only).
+        correct_confusion: undo the probe's meta-set confusion (confusion method only; default
+            on, with the shrinkage below).
+        pseudo_count: s of the meta-set confusion's shrinkage towards the identity
+            (:func:`confusion_matrix`; with ``correct_confusion`` only). Default 10: half way
+            with 10 meta images per class. Undone without shrinkage (0), the confusion of 10
+            images per class made every error larger than no correction at all.
         floor: smallest clean count as a fraction of N / K (:func:`estimate_clean_counts`).
         class_names: optional names for error messages.
         info: extra notes stored with the model.
@@ -503,7 +529,8 @@ def estimate_noise_model(
         if correct_confusion:
             if meta_logits is None or meta_labels is None:
                 raise ValueError("correct_confusion needs meta_logits and meta_labels")
-            m = confusion_matrix(_logits(meta_logits, k, "meta_logits").argmax(1), meta_labels, k)
+            meta_predicted = _logits(meta_logits, k, "meta_logits").argmax(1)
+            m = confusion_matrix(meta_predicted, meta_labels, k, pseudo_count=pseudo_count)
             name = "confusion_corrected"
         predicted = _logits(pool_logits, k, "pool_logits").argmax(1)
         transition, solved = estimate_transition_confusion(
@@ -514,7 +541,10 @@ def estimate_noise_model(
     counts = estimate_clean_counts(transition, observed, floor=floor)
     raw = solved * (observed.sum() / max(solved.sum(), 1e-300))
     floored = np.flatnonzero(raw < floor * observed.sum() / k - 1e-9).tolist()
-    notes = {"floor": floor, "probe_tau": float(probe_tau), "floored_classes": floored}
+    notes: dict[str, Any] = {"floor": floor, "probe_tau": float(probe_tau)}
+    if correct_confusion:
+        notes["pseudo_count"] = float(pseudo_count)
+    notes["floored_classes"] = floored
     return NoiseModel(
         transition=transition,
         clean_counts=counts,
