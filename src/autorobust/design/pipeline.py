@@ -116,7 +116,8 @@ class DesignRun:
     def selection_file(self, design: Design) -> Path:
         """The relabel file of a selection design (one per distinct selection setting)."""
         key = json.dumps(
-            [design.detector, design.quantile, design.relabel, design.relabel_confidence,
+            [design.detector, design.rule, design.quantile, design.relabel,
+             design.relabel_confidence, design.relabel_needs_prototype,
              design.loss == "autobalance"]
         )  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -278,10 +279,11 @@ def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | Non
     if not path.is_file():
         settings = SelectionConfig(
             detector=design.detector or "posterior",
-            rule="meta_quantile",
-            rule_options={"q": design.quantile},
+            rule=design.rule,
+            rule_options={"q": design.quantile} if design.rule == "meta_quantile" else {},
             relabel=bool(design.relabel),
             relabel_confidence=design.relabel_confidence or 0.9,
+            relabel_needs_prototype=design.relabel_needs_prototype,
             # AutoBalance's bilevel trainer has no per-sample weights: relabel with weight 1.
             relabel_weight="one" if design.loss == "autobalance" else "confidence",
         )

@@ -28,9 +28,12 @@ class Design:
         tau: τ of the prior correction (logit adjustment; composed with forward correction under
             ``transition``). Unused by cross-entropy.
         detector: a selection's detector (``posterior``, ``prototype``, ``small_loss``).
-        quantile: a selection's per-class meta quantile q.
+        quantile: a selection's per-class meta quantile q (rule ``meta_quantile``).
+        rule: a selection's per-class rule: ``meta_quantile`` (searched), or ``gmm`` / ``otsu``
+            (for fixed recipes such as the RoLT-style baseline).
         relabel: whether a selection relabels confident rejected samples.
         relabel_confidence: the confidence a relabelled sample needs.
+        relabel_needs_prototype: relabel only where the nearest clean prototype agrees (RoLT).
         mwnet_class_aware: MW-Net's V reads a class embedding (CMW-Net-like) besides the loss.
         mwnet_lr: V's learning rate.
     """
@@ -41,8 +44,10 @@ class Design:
     tau: float = 1.0
     detector: str | None = None
     quantile: float | None = None
+    rule: str = "meta_quantile"
     relabel: bool | None = None
     relabel_confidence: float | None = None
+    relabel_needs_prototype: bool = False
     mwnet_class_aware: bool | None = None
     mwnet_lr: float | None = None
 
@@ -101,7 +106,10 @@ class Design:
             parts.append(f"cell {self.architecture}")
         if self.treatment == "selection":
             relabel = f", relabel {self.relabel_confidence:.2f}" if self.relabel else ""
-            parts.append(f"selection({self.detector}, q={self.quantile:.2f}{relabel})")
+            if self.relabel and self.relabel_needs_prototype:
+                relabel += " if the prototype agrees"
+            rule = f"q={self.quantile:.2f}" if self.rule == "meta_quantile" else self.rule
+            parts.append(f"selection({self.detector}, {rule}{relabel})")
         elif self.treatment == "mwnet":
             aware = "class-aware V" if self.mwnet_class_aware else "V on the loss"
             parts.append(f"mwnet({aware})")
