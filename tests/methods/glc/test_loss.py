@@ -159,3 +159,40 @@ def test_bad_noise_model_file_is_named(tmp_path) -> None:
     ).save(tmp_path / "four.json")
     with pytest.raises(ConfigError, match=r"four.json has 4 classes, the data 3"):
         create_loss("forward_corrected", class_counts=OBSERVED, noise_model_file=str(four))
+
+
+def _digits_noise_model(tmp_path) -> str:
+    k = 10
+    transition = np.full((k, k), 0.2 / (k - 1))
+    np.fill_diagonal(transition, 0.8)
+    return str(
+        NoiseModel(
+            transition=transition,
+            clean_counts=np.linspace(100.0, 10.0, k),
+            observed_counts=np.full(k, 50),
+        ).save(tmp_path / "noise_model.json")
+    )
+
+
+def test_trains_through_the_command_line_with_a_noise_model_file(tmp_path, capsys) -> None:
+    from autorobust.cli import main
+
+    run_dir = tmp_path / "run"
+    argv = ["train", "demo", "--run-dir", str(run_dir), "--no-progress", "--device", "cpu",
+            "--set", "train.epochs=1", "--set", "model.options.width=8",
+            "--set", "loss.name=forward_corrected",
+            "--set", f"loss.options.noise_model_file={_digits_noise_model(tmp_path)}"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["loss"] == "forward_corrected"
+    assert 0.0 <= metrics["test"]["balanced_accuracy"] <= 1.0
+    # a bad file is refused before the run directory exists: one line, status 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    argv[3] = str(tmp_path / "refused")
+    argv[-1] = f"loss.options.noise_model_file={bad}"
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert f"noise model {bad}: not an autorobust noise model" in lines[0]
+    assert not (tmp_path / "refused").exists()

@@ -7,3 +7,33 @@ CVPR 2017): a label-noise model estimated with a small clean set, and the losses
   a simulated shift;
 - ``loss.py``: loss ``forward_corrected``, −log (T̂ᵀ softmax(z + τ log π̂))_ỹ.
 """
+
+from __future__ import annotations
+
+from autorobust.methods.glc.loss import ForwardCorrectedLoss
+from autorobust.methods.glc.noise_model import (
+    DEFAULT_FLOOR,
+    DEFAULT_PSEUDO_COUNT,
+    NoiseModel,
+    confusion_matrix,
+    estimate_clean_counts,
+    estimate_noise_model,
+    estimate_transition,
+    estimate_transition_confusion,
+    noise_model_errors,
+    true_transition,
+)
+
+__all__ = [
+    "DEFAULT_FLOOR",
+    "DEFAULT_PSEUDO_COUNT",
+    "ForwardCorrectedLoss",
+    "NoiseModel",
+    "confusion_matrix",
+    "estimate_clean_counts",
+    "estimate_noise_model",
+    "estimate_transition",
+    "estimate_transition_confusion",
+    "noise_model_errors",
+    "true_transition",
+]
