@@ -29,7 +29,7 @@ def test_every_proposal_composes(tmp_path) -> None:
         seen.add((design.treatment, design.loss))
         assert not (design.treatment == "mwnet" and design.loss == "autobalance")
         if design.treatment == "selection":
-            assert design.detector in ("posterior", "prototype")
+            assert design.detector in ("posterior", "small_loss", "prototype")
             assert 0.02 <= design.quantile <= 0.3
         else:
             assert design.detector is None and design.quantile is None

@@ -56,12 +56,16 @@ class DesignConfig(StrictModel):
     """``fixed`` (the config's ``model``) and/or paths of CSNAS genotype JSON files (e.g. the
     ``best_genotype.json`` of ``autorobust search architecture``), trained as model ``darts`` at
     ``architecture.eval_layers`` x ``eval_channels``."""
-    detectors: list[Detector] = Field(default_factory=lambda: ["posterior", "prototype"])
+    detectors: list[Detector] = Field(
+        default_factory=lambda: ["posterior", "small_loss", "prototype"]
+    )
     """Detectors a ``selection`` design may use (methods/sample_selection)."""
     quantile_range: tuple[float, float] = (0.02, 0.3)
     """Range of the per-class meta quantile q of a selection (log-uniform)."""
-    relabel_confidence_range: tuple[float, float] = (0.8, 0.99)
-    """Range of the confidence a relabelled sample needs."""
+    relabel_confidence_range: tuple[float, float] = (0.3, 0.9)
+    """Range of the confidence a relabelled sample needs. The probe learned noisy labels, so its
+    confidence is low: measured on Fashion-MNIST rho = 100 + 40% symmetric noise, at most 0.78
+    (median 0.30); at 0.4 it relabelled 1,877 samples at 95.1% correct."""
     tau_range: tuple[float, float] = (0.5, 1.5)
     """Range of τ of the prior correction (logit adjustment, and its composition with forward
     correction)."""

@@ -140,7 +140,7 @@ REFERENCE_DESIGNS: tuple[Design, ...] = (
         detector="posterior",
         quantile=0.1,
         relabel=True,
-        relabel_confidence=0.9,
+        relabel_confidence=0.5,
     ),
 )
 
