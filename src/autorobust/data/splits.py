@@ -10,7 +10,9 @@
    model; clean labels, the noise mask and the indices into the source are kept;
 4. a **relabel file** (``data.relabel_file``, :mod:`autorobust.data.relabel`), when given,
    replaces the pool's observed labels by a cleaned set: samples whose label it drops leave the
-   pool, the others keep their (possibly new) label and an optional weight;
+   pool, the others keep their (possibly new) label and an optional weight; the dropped samples
+   stay available as **rejected** images without labels (``Splits.rejected``), for a method
+   that learns from unlabeled images (``method: pseudo_label``);
 5. the **unlabeled view** (CSNAS's search subset) is a class-balanced ``unlabeled_fraction`` of
    the (cleaned) training pool with its labels dropped: the same number of images of every class
    (by clean label), fraction * N / K, or all of a class that has fewer. On a long-tailed pool it
@@ -47,7 +49,14 @@ from autorobust.data.shift import (
 )
 from autorobust.errors import ConfigError, DataError, ShiftError
 
-__all__ = ["Splits", "TrainingPool", "apply_relabel", "make_splits"]
+__all__ = [
+    "RejectedSamples",
+    "Splits",
+    "TrainingPool",
+    "apply_relabel",
+    "make_splits",
+    "rejected_samples",
+]
 
 _IMBALANCE_KINDS = ("none", "long_tail", "step")
 _NOISE_KINDS = ("none", "symmetric", "pair", "matrix")
@@ -114,6 +123,44 @@ class TrainingPool:
 
 
 @dataclass(frozen=True)
+class RejectedSamples:
+    """The pool's samples whose label a relabel file dropped: images a learner may use unlabeled.
+
+    Attributes:
+        images: uint8 (R, H, W, C).
+        clean_labels: int64 (R,), the true labels, for evaluation only (e.g. the accuracy of a
+            pseudo-label), like :attr:`TrainingPool.clean_labels`; a learner must not read them.
+        observed_labels: int64 (R,), the labels the pool showed before the file dropped them.
+        source_index: int64 (R,), positions in the source's train split, sorted ascending.
+    """
+
+    images: np.ndarray
+    clean_labels: np.ndarray
+    observed_labels: np.ndarray
+    source_index: np.ndarray
+
+    def __post_init__(self) -> None:
+        r = len(self.images)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (R, H, W, C), got {self.images.dtype} {self.images.shape}"
+            )
+        for name in ("clean_labels", "observed_labels", "source_index"):
+            value = getattr(self, name)
+            if value.dtype != np.int64 or value.shape != (r,):
+                raise ValueError(f"{name} must be int64 ({r},), got {value.dtype} {value.shape}")
+
+    @classmethod
+    def empty(cls, image_shape: tuple[int, ...]) -> RejectedSamples:
+        """No rejected sample, for images of shape (H, W, C)."""
+        none = np.zeros(0, dtype=np.int64)
+        return cls(np.zeros((0, *image_shape), dtype=np.uint8), none, none.copy(), none.copy())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
 class Splits:
     """Everything an experiment trains, selects and reports on.
 
@@ -129,6 +176,10 @@ class Splits:
         class_names: the K class names.
         relabel: what a relabel file did to the pool (file, SHA-256, sizes, the observed class
             counts before it), or None when no file was applied.
+        rejected: the pool's samples whose label the relabel file dropped (-1), as unlabeled
+            images (their clean labels kept for evaluation only); empty without a file, or
+            when the file drops nothing. Not part of ``unlabeled`` (CSNAS's label-free view of
+            the kept pool), which it does not change.
     """
 
     train: TrainingPool
@@ -139,6 +190,11 @@ class Splits:
     unlabeled_index: np.ndarray
     class_names: tuple[str, ...]
     relabel: dict[str, Any] | None = None
+    rejected: RejectedSamples | None = None
+
+    def __post_init__(self) -> None:
+        if self.rejected is None:  # a frozen dataclass: set once, here
+            object.__setattr__(self, "rejected", RejectedSamples.empty(self.train.images.shape[1:]))
 
     @property
     def num_classes(self) -> int:
@@ -359,9 +415,11 @@ def make_splits(
         source_index=train_index,
         groups=groups,
     )
-    relabel_summary = None
+    relabel_summary, rejected = None, None
     if relabel is not None:
-        train, relabel_summary = apply_relabel(train, relabel, tuple(source.class_names))
+        pool = train
+        train, relabel_summary = apply_relabel(pool, relabel, tuple(source.class_names))
+        rejected = rejected_samples(pool, relabel)
 
     # (5) Stratified by the clean label so the view has the shifted class distribution exactly,
     # whatever the noise; the labels themselves are dropped.
@@ -375,6 +433,7 @@ def make_splits(
         unlabeled_index=unlabeled_index,
         class_names=tuple(source.class_names),
         relabel=relabel_summary,
+        rejected=rejected,
     )
 
 
@@ -456,3 +515,30 @@ def apply_relabel(
         "pool_class_counts": np.bincount(pool.labels, minlength=k).tolist(),
     }
     return cleaned, summary
+
+
+def rejected_samples(pool: TrainingPool, relabel: RelabelFile) -> RejectedSamples:
+    """The samples of ``pool`` whose label ``relabel`` drops (-1), in pool order.
+
+    Call it after :func:`apply_relabel`, which checks that the file belongs to the pool.
+
+    Args:
+        pool: the shifted training pool (N samples) the file was made for.
+        relabel: the file (N labels).
+
+    Returns:
+        :class:`RejectedSamples` of the R dropped samples (R may be 0).
+
+    Raises:
+        ValueError: the file has another length than the pool (a caller's error: apply_relabel
+            refuses such a file first).
+    """
+    if len(relabel.labels) != len(pool):
+        raise ValueError(f"{len(relabel.labels)} labels for a pool of {len(pool)} samples")
+    dropped = np.flatnonzero(relabel.labels == DROPPED)
+    return RejectedSamples(
+        images=pool.images[dropped],
+        clean_labels=pool.clean_labels[dropped],
+        observed_labels=pool.labels[dropped],
+        source_index=pool.source_index[dropped],
+    )
