@@ -169,7 +169,9 @@ def config_fingerprint(config: ExperimentConfig) -> str:
 
     A relabel file enters by the SHA-256 of its content, not by its path: a run cannot resume on
     labels that changed, and moving the file changes nothing. Without one, the hash is the same
-    as before ``data.relabel_file`` existed, so older checkpoints still resume.
+    as before ``data.relabel_file`` existed, so older checkpoints still resume. The
+    ``pseudo_label`` section enters only for ``method: pseudo_label``, the one method that reads
+    it (so the hashes of other runs are those from before the section existed).
 
     Raises:
         DataError: ``data.relabel_file`` is set but cannot be read.
@@ -179,6 +181,8 @@ def config_fingerprint(config: ExperimentConfig) -> str:
     # its choices in the other sections.
     for key in ("run_dir", "device", "search", "design"):
         relevant.pop(key)
+    if relevant["method"] != "pseudo_label":
+        relevant.pop("pseudo_label")
     relabel_file = relevant["data"].pop("relabel_file")
     if relabel_file is not None:
         relevant["data"]["relabel_sha256"] = relabel_file_sha256(relabel_file)

@@ -28,6 +28,7 @@ from autorobust.errors import ConfigError
 from autorobust.methods.autobalance.config import BilevelConfig
 from autorobust.methods.csnas.config import ArchitectureConfig
 from autorobust.methods.meta_weight_net.config import ReweightConfig
+from autorobust.methods.sample_selection.config import PseudoLabelConfig
 
 __all__ = [
     "ArchitectureConfig",
@@ -38,6 +39,7 @@ __all__ = [
     "ExperimentConfig",
     "LossConfig",
     "ModelConfig",
+    "PseudoLabelConfig",
     "ReweightConfig",
     "SearchConfig",
     "ShiftConfig",
@@ -274,14 +276,18 @@ class ExperimentConfig(StrictModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    method: Literal["erm", "reweight", "autobalance", "darts"] = "erm"
+    method: Literal["erm", "reweight", "autobalance", "darts", "pseudo_label"] = "erm"
     """How the classifier is trained: plain ERM, sample reweighting by a Meta-Weight-Net, the loss
     learned by AutoBalance's bilevel optimisation (one bilevel run; ``autorobust search loss``
-    runs and retrains it), or the DARTS recipe for a searched cell (auxiliary loss, drop-path,
-    clipping; model ``darts``)."""
+    runs and retrains it), the DARTS recipe for a searched cell (auxiliary loss, drop-path,
+    clipping; model ``darts``), or ERM plus FixMatch-style pseudo-labels on the samples a relabel
+    file rejected (``pseudo_label``; needs ``data.relabel_file``)."""
     reweight: ReweightConfig = Field(default_factory=ReweightConfig)
     bilevel: BilevelConfig = Field(default_factory=BilevelConfig)
     architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+    pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+    """``method: pseudo_label``: threshold, unlabeled batch ratio, weight of the pseudo-label loss
+    and its ramp-up, strength of the strong view."""
     design: DesignConfig = Field(default_factory=DesignConfig)
     """``autorobust design``: what it composes, its budget and scoring."""
 

@@ -1,6 +1,8 @@
-"""The settings of a sample selection: detector, per-class rule, relabelling.
+"""The settings of a sample selection (detector, per-class rule, relabelling) and of
+``method: pseudo_label``, which trains on the samples a selection rejected, without their labels.
 
-A leaf (pydantic and ``StrictModel`` only), so that a pipeline's config can hold it as a section.
+A leaf (pydantic and ``StrictModel`` only), so that a pipeline's config can hold it as a section
+(``ExperimentConfig.pseudo_label`` is :class:`PseudoLabelConfig`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pydantic import Field
 
 from autorobust._strict import StrictModel
 
-__all__ = ["SelectionConfig"]
+__all__ = ["PseudoLabelConfig", "SelectionConfig"]
 
 
 class SelectionConfig(StrictModel):
@@ -56,3 +58,31 @@ class SelectionConfig(StrictModel):
     or ``keep`` it with weight ``rejected_weight``."""
     rejected_weight: float = Field(0.1, gt=0.0, le=1.0)
     """Weight of a rejected sample kept with its observed label (``rejected: keep``)."""
+
+
+class PseudoLabelConfig(StrictModel):
+    """``method: pseudo_label``: FixMatch (Sohn et al., NeurIPS 2020) on the rejected samples.
+
+    Each step also draws ``mu`` x B images the relabel file rejected (label -1), predicts them on a
+    weak view (crop and flip as ``train.augment`` allows) without gradient, and adds ``weight``
+    times the run's training loss on a strong view (weak + colour jitter + cutout) for those whose
+    balanced confidence, the largest softmax of the raw logits, reaches ``threshold``; the loss is
+    averaged over all mu x B drawn images, as in FixMatch. With logit adjustment the raw logits
+    model the balanced posterior, and the adjustment at the counts of the labels trained on applies
+    to the pseudo-labels as it does to the labels.
+    """
+
+    threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Balanced confidence a pseudo-label needs (FixMatch: 0.95)."""
+    mu: float = Field(1.0, gt=0.0)
+    """Rejected images per step, in multiples of the labelled batch (at least one image)."""
+    weight: float = Field(1.0, ge=0.0)
+    """lambda, the weight of the pseudo-label loss (FixMatch: 1)."""
+    rampup_epochs: int = Field(0, ge=0)
+    """lambda grows linearly from 0 over this many epochs (per step); 0: constant lambda."""
+    strong_jitter: float = Field(0.5, ge=0.0, lt=1.0)
+    """Brightness, contrast and saturation strength of the strong view (factors in
+    [1 - s, 1 + s]); 0: none."""
+    strong_cutout: float = Field(0.5, ge=0.0, le=1.0)
+    """Side of the strong view's cutout square as a fraction of the image's shorter side (the
+    usual FixMatch implementations: 16 of 32 pixels); 0: none."""
