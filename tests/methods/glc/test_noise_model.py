@@ -183,6 +183,8 @@ def test_errors_by_hand() -> None:
     np.testing.assert_allclose(errors["transition_row_l1"], [0.4, 0.2])
     assert errors["transition_row_l1_max"] == pytest.approx(0.4)
     assert errors["transition_row_l1_mean"] == pytest.approx(0.3)
+    np.testing.assert_allclose(errors["transition_diagonal_error"], [-0.2, -0.1])
+    assert errors["transition_diagonal_error_min"] == pytest.approx(-0.2)
     assert errors["prior_total_variation"] == pytest.approx(0.2)
     assert errors["observed_prior_total_variation"] == pytest.approx(0.25)
     np.testing.assert_allclose(errors["prior_log_ratio"], [np.log(0.6), np.log(1.4)])

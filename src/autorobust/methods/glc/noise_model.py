@@ -578,6 +578,9 @@ def noise_model_errors(
 
     Returns:
         ``transition_row_l1`` (K,) ‖T̂_i − T_i‖₁ and its ``_max`` / ``_mean``;
+        ``transition_diagonal_error`` (K,) T̂_ii − T_ii and its ``_min``: an underestimated
+        diagonal is what hurts forward correction most (a class whose T̂_ii is small can explain
+        its labels without ever being predicted, and is never learnt);
         ``prior_total_variation`` ½ Σ |π̂ − π| between n̂ / Σ n̂ and the true prior;
         ``observed_prior_total_variation``, the same for the observed counts (what a loss that
         uses the observed counts is off by: the estimate helps when it is smaller);
@@ -596,6 +599,7 @@ def noise_model_errors(
             f"{t.shape} and {counts.shape}"
         )
     row_l1 = np.abs(model.transition - t).sum(axis=1)
+    diagonal = np.diag(model.transition) - np.diag(t)
     prior = counts / counts.sum()
     present = prior > 0
     log_ratio = np.log(model.prior[present]) - np.log(prior[present])
@@ -607,6 +611,8 @@ def noise_model_errors(
         "transition_row_l1": [float(v) for v in row_l1],
         "transition_row_l1_max": float(row_l1.max()),
         "transition_row_l1_mean": float(row_l1.mean()),
+        "transition_diagonal_error": [float(v) for v in diagonal],
+        "transition_diagonal_error_min": float(diagonal.min()),
         "prior_total_variation": float(0.5 * np.abs(model.prior - prior).sum()),
         "observed_prior_total_variation": float(0.5 * np.abs(model.observed_prior - prior).sum()),
         "prior_log_ratio": per_class,

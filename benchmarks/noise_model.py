@@ -1,0 +1,266 @@
+"""How well the noise model is estimated: GLC's estimate against the confusion estimate.
+
+Protocol (issue 13): Fashion-MNIST, long tail ρ = 100, then 40% symmetric or pair-flip noise,
+meta set of 10 clean images per class. A *probe* (the project's ``small_cnn``) is trained on the
+noisy pool for 5 epochs with cross-entropy or with logit adjustment at the observed counts (the
+epoch selected on the meta set, as every run is). From its logits, three estimates of the noise
+model (``autorobust.methods.glc.noise_model.estimate_noise_model``):
+
+- ``glc``: T̂_i = the probe's noisy-label posterior averaged over the meta images of class i;
+- ``confusion``: T̂ and n̂ from the joint counts of the probe's predicted clean class and the
+  observed label on the pool;
+- ``confusion_corrected``: the same with the probe's meta-set confusion undone;
+- ``confusion_shrunk``: the same with that confusion shrunk towards the identity by 10 pseudo-
+  counts per class first (half way, with 10 meta images per class).
+
+Each is compared with the pool's realised transition matrix and clean counts: row L1 error of T̂
+(mean and max over the 10 rows), total variation between the estimated and the true prior, the
+largest |log π̂_c − log π_c| (what a logit-adjustment offset τ log π̂ is off by, per unit τ), and
+the classes whose estimate fell to the floor. The observed counts are the baseline any estimate
+of the prior must beat.
+
+    python benchmarks/noise_model.py                       # 3 seeds x 2 noises x 2 probes
+    python benchmarks/noise_model.py --seeds 0 --noise symmetric --logits-dir /tmp/probes
+
+Results go to ``benchmarks/results/noise_model.{json,md}``; with ``--logits-dir`` the probes'
+logits are kept there (``NOISE_SEED_PROBE.npz``) and reused by a later run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import run_jobs, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MARKERS = ("<!-- noise-model-benchmark:start -->", "<!-- noise-model-benchmark:end -->")
+PROBES = ("cross_entropy", "logit_adjustment")
+ESTIMATORS = ("glc", "confusion", "confusion_corrected", "confusion_shrunk")
+
+
+def probe_logits(job: dict[str, Any]) -> dict[str, Any]:
+    """Train (or load from ``logits_dir``) one probe; return its logits and the pool's truth."""
+    import numpy as np
+    import torch
+
+    from autorobust.config import load_config
+    from autorobust.data.tensors import images_to_tensor
+    from autorobust.experiment import build_model, build_splits
+    from autorobust.losses import create_loss
+    from autorobust.train.trainer import Trainer, predict
+
+    torch.set_num_threads(job["threads"])
+    overrides = [
+        "data.meta_per_class=10", "train.progress=false", f"device={job['device']}",
+        f"seed={job['seed']}", f"shift.noise={job['noise']}", f"train.epochs={job['epochs']}",
+        f"train.threads={job['threads']}",
+    ]  # fmt: skip
+    if job["data_root"]:
+        overrides.append(f"data.options.root={job['data_root']}")
+    config = load_config("fashion-mnist-lt100-sym40", overrides)
+    splits = build_splits(config)
+    pool = splits.train
+    cache = None
+    if job["logits_dir"]:
+        cache = Path(job["logits_dir"]) / f"{job['noise']}_{job['seed']}_{job['probe']}.npz"
+    if cache is not None and cache.exists():
+        stored = np.load(cache)
+        logits = {key: stored[key] for key in ("meta", "pool", "test")}
+        cpu = float(stored["cpu"])
+    else:
+        counts = np.bincount(pool.labels, minlength=splits.num_classes)
+        device = torch.device(job["device"])
+        trainer = Trainer(
+            model=build_model(config, splits),
+            loss=create_loss(job["probe"], class_counts=counts),
+            settings=config.train,
+            device=device,
+            seed=config.seed,
+        )
+        started = time.process_time()
+        result = trainer.fit(pool, splits.meta)
+        cpu = time.process_time() - started
+
+        def run(images: np.ndarray) -> np.ndarray:
+            tensor = images_to_tensor(images, device)
+            return predict(result.model, tensor, trainer.normalize).numpy()
+
+        logits = {
+            "meta": run(splits.meta.images),
+            "pool": run(pool.images),
+            "test": run(splits.test.images),
+        }
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, cpu=cpu, **logits)
+    predicted = logits["test"].argmax(1)
+    per_class = [
+        float((predicted[splits.test.labels == c] == c).mean()) for c in range(splits.num_classes)
+    ]
+    return {
+        **job,
+        "logits": logits,
+        "labels": pool.labels,
+        "clean": pool.clean_labels,
+        "meta_labels": splits.meta.labels,
+        "probe_cpu_s": cpu,
+        "probe_test_balanced": statistics.fmean(per_class),
+        "probe_test_worst": min(per_class),
+        "probe_pool_agreement": float((logits["pool"].argmax(1) == pool.clean_labels).mean()),
+    }
+
+
+def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three estimates of one probe and their errors, one row each."""
+    import numpy as np
+
+    from autorobust.methods.glc.noise_model import (
+        estimate_noise_model,
+        noise_model_errors,
+        true_transition,
+    )
+
+    k = 10
+    labels, clean, logits = result["labels"], result["clean"], result["logits"]
+    truth = true_transition(clean, labels, k), np.bincount(clean, minlength=k)
+    tau = 1.0 if result["probe"] == "logit_adjustment" else 0.0
+    common = {"observed_labels": labels, "num_classes": k, "probe_tau": tau}
+    models = {
+        "glc": estimate_noise_model(
+            method="glc", meta_logits=logits["meta"], meta_labels=result["meta_labels"], **common
+        ),
+        "confusion": estimate_noise_model(
+            method="confusion", pool_logits=logits["pool"], correct_confusion=False, **common
+        ),
+        "confusion_corrected": estimate_noise_model(
+            method="confusion", pool_logits=logits["pool"], meta_logits=logits["meta"],
+            meta_labels=result["meta_labels"], pseudo_count=0.0, **common,
+        ),
+        "confusion_shrunk": estimate_noise_model(  # the defaults
+            method="confusion", pool_logits=logits["pool"], meta_logits=logits["meta"],
+            meta_labels=result["meta_labels"], **common,
+        ),
+    }  # fmt: skip
+    observed_prior = np.bincount(labels, minlength=k) / len(labels)
+    true_prior = truth[1] / truth[1].sum()
+    rows = []
+    for name, model in models.items():
+        errors = noise_model_errors(model, *truth)
+        rows.append(
+            {
+                "noise": result["noise"],
+                "seed": result["seed"],
+                "probe": result["probe"],
+                "estimator": name,
+                "row_l1_mean": errors["transition_row_l1_mean"],
+                "row_l1_max": errors["transition_row_l1_max"],
+                "row_l1": errors["transition_row_l1"],
+                "diagonal_error_min": errors["transition_diagonal_error_min"],
+                "diagonal_error": errors["transition_diagonal_error"],
+                "prior_tv": errors["prior_total_variation"],
+                "log_ratio_max": errors["prior_log_ratio_max"],
+                "log_ratio": errors["prior_log_ratio"],
+                "floored": model.info["floored_classes"],
+                "observed_tv": errors["observed_prior_total_variation"],
+                "observed_log_ratio_max": float(
+                    np.abs(np.log(observed_prior) - np.log(true_prior)).max()
+                ),
+                "probe_cpu_s": result["probe_cpu_s"],
+                "probe_test_balanced": result["probe_test_balanced"],
+                "probe_test_worst": result["probe_test_worst"],
+                "probe_pool_agreement": result["probe_pool_agreement"],
+            }
+        )
+    return rows
+
+
+def _cell(values: list[float], digits: int = 2) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def summarise(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean (min–max over seeds) of every error, per noise, probe, estimator."""
+    header = (
+        "| noise | probe | probe's test bal. acc. % | estimator | row L1 mean | row L1 max | "
+        "lowest T̂_ii − T_ii | prior TV | max abs log ratio | classes floored |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    for noise in dict.fromkeys(row["noise"] for row in rows):
+        subset = [row for row in rows if row["noise"] == noise]
+        first = [row for row in subset if row["estimator"] == ESTIMATORS[0]]
+        tv = _cell([r["observed_tv"] for r in first], 3)
+        log_ratio = _cell([r["observed_log_ratio_max"] for r in first])
+        lines.append(f"| {noise} | — | — | observed counts | — | — | — | {tv} | {log_ratio} | — |")
+        for probe in PROBES:
+            for estimator in ESTIMATORS:
+                cell = [r for r in subset if r["probe"] == probe and r["estimator"] == estimator]
+                if not cell:
+                    continue
+                accuracy = f"{statistics.fmean(100 * r['probe_test_balanced'] for r in cell):.1f}"
+                floored = "/".join(str(len(r["floored"])) for r in cell)
+                lines.append(
+                    f"| {noise} | {probe} | {accuracy} | {estimator} "
+                    f"| {_cell([r['row_l1_mean'] for r in cell])} "
+                    f"| {_cell([r['row_l1_max'] for r in cell])} "
+                    f"| {_cell([r['diagonal_error_min'] for r in cell])} "
+                    f"| {_cell([r['prior_tv'] for r in cell], 3)} "
+                    f"| {_cell([r['log_ratio_max'] for r in cell])} | {floored} |"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--noise", nargs="+", default=["symmetric", "pair"])
+    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
+    parser.add_argument("--epochs", type=int, default=5, help="probe epochs")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--data-root", default=None, help="Fashion-MNIST folder")
+    parser.add_argument("--logits-dir", default=None, help="keep / reuse the probes' logits")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args(argv)
+    jobs = [
+        {"noise": noise, "seed": seed, "probe": probe, "epochs": args.epochs,
+         "device": args.device, "threads": args.threads, "data_root": args.data_root,
+         "logits_dir": args.logits_dir}
+        for noise in args.noise for seed in args.seeds for probe in args.probes
+    ]  # fmt: skip
+    rows = [
+        row
+        for result in run_jobs(probe_logits, jobs, args.workers)
+        for row in estimate_rows(result)
+    ]
+    table = summarise(rows)
+    probe_cpu = statistics.fmean(row["probe_cpu_s"] for row in rows)
+    note = (
+        f"Fashion-MNIST, long tail ρ = 100, 40% noise, meta set 10 per class; probes `small_cnn`, "
+        f"{args.epochs} epochs, {probe_cpu:.0f} CPU-s each on one thread; seeds "
+        f"{', '.join(map(str, args.seeds))}; mean (min–max) over seeds; classes floored per "
+        f"seed; the observed counts' errors as a prior for reference. "
+        f"Reproduce: `python benchmarks/noise_model.py`."
+    )
+    write_results(
+        args.out,
+        "noise_model",
+        note=note,
+        table=table,
+        payload={"rows": rows},
+        markers=MARKERS if args.update_readme else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
