@@ -121,3 +121,16 @@ def test_cli_design_prints_the_choice_and_refuses_a_bad_budget(tmp_path: Path, c
     assert main([*args[:3], str(tmp_path / "bad"), "--budget", "0.5"]) == 2
     assert "design.budget" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_fixed_design_with_leave_one_out_retrainings(tmp_path: Path) -> None:
+    fixed = REFERENCE_DESIGNS[1]  # selection by the posterior + logit adjustment
+    outcome = run_design(_config(tmp_path / "f", "design.leave_one_out=true"), fixed=fixed)
+    assert outcome.chosen["name"] == fixed.describe()
+    summary = json.loads((tmp_path / "f" / "design.json").read_text())
+    left_out = {row["component"]: row for row in summary["leave_one_out"]}
+    assert set(left_out) == {"selection", "logit_adjustment"}
+    assert left_out["selection"]["without"] == "logit_adjustment(tau=1.00)"
+    assert (tmp_path / "f" / "leave_one_out" / "selection" / "metrics.json").is_file()
+    assert "## Leave-one-out retrainings" in outcome.report.read_text()
+    assert not (tmp_path / "f" / "study.db").exists()  # a fixed design runs no study

@@ -63,3 +63,12 @@ def test_config_ranges_are_checked() -> None:
         DesignConfig(quantile_range=(0.5, 1.5))
     with pytest.raises(ValueError, match="budget"):
         DesignConfig(budget=1.0)
+
+
+def test_a_component_taken_out() -> None:
+    design = REFERENCE_DESIGNS[3]  # selection with relabelling + logit adjustment
+    assert design.without("relabel").components == ["selection", "logit_adjustment"]
+    assert design.without("selection") == Design(loss="logit_adjustment", tau=1.0)
+    assert design.without("logit_adjustment").loss == "cross_entropy"
+    with pytest.raises(ValueError, match="not a component"):
+        design.without("mwnet")

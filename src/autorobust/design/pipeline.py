@@ -475,6 +475,49 @@ def _contributions(
     return rows
 
 
+def _meta_score(state: DesignRun, design: Design, run_dir: Path) -> float:
+    """The balanced meta log-loss of the retrained ``design`` in ``run_dir/best``."""
+    splits, relabel_file = _design_splits(state, design)
+    config = design_run_config(
+        state.config,
+        design,
+        epochs=state.config.train.epochs,
+        run_dir=run_dir / "best",
+        noise_model_file=state.noise_model_file,
+        relabel_file=relabel_file,
+    )
+    losses = _meta_losses(config, splits)
+    return balanced_log_loss(losses, state.splits.meta.labels, state.splits.num_classes)
+
+
+def _leave_one_out(state: DesignRun, chosen: Design) -> list[dict[str, Any]]:
+    """Retrain the chosen design without each of its components (``train.epochs`` each, in
+    ``leave_one_out/<component>``); their meta score and test metrics."""
+    rows = []
+    for component in chosen.components:
+        design = chosen.without(component)
+        directory = state.run_dir / "leave_one_out" / component
+        result, config, splits, cost = _train_design(
+            state, design, epochs=state.config.train.epochs, run_dir=directory, evaluate_test=True
+        )
+        losses = _meta_losses(config, splits)
+        state.cost["leave_one_out_sample_epochs"] = (
+            state.cost.get("leave_one_out_sample_epochs", 0.0) + cost
+        )
+        rows.append(
+            {
+                "component": component,
+                "without": design.describe(),
+                "design": design.to_dict(),
+                "meta_score": balanced_log_loss(
+                    losses, state.splits.meta.labels, state.splits.num_classes
+                ),
+                "test": result.metrics["test"],
+            }
+        )
+    return rows
+
+
 def run_design(
     config: ExperimentConfig,
     *,
@@ -530,6 +573,11 @@ def run_design(
         write_json(retrained.run_dir / "metrics.json", metrics)
         retrained = RunResult(run_dir=retrained.run_dir, metrics=metrics)
     spent = sum(v for k, v in state.cost.items() if k.endswith("sample_epochs"))
+    leave_one_out = []
+    if config.design.leave_one_out and retrained is not None:
+        leave_one_out = _leave_one_out(state, design)
+        for row in leave_one_out:
+            row["meta_score_gain"] = row["meta_score"] - _meta_score(state, design, run_dir)
     state.cost["total_sample_epochs"] = spent
     state.cost["budget_used"] = spent / state.reference_cost
     state.cost["wall_seconds_this_call"] = time.perf_counter() - wall
@@ -537,6 +585,7 @@ def run_design(
         "chosen": chosen,
         "trials": table,
         "contributions": contributions,
+        "leave_one_out": leave_one_out,
         "noise_model": noise_model_report(state),
         "cost": state.cost,
         "probe_epochs": probe_epochs,

@@ -157,6 +157,24 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
                     f"{row['score_gain']:+.4f} |"
                 )
         lines.append("")
+    if summary.get("leave_one_out"):
+        test = summary.get("test") or {}
+        lines += [
+            "## Leave-one-out retrainings",
+            "",
+            "The chosen design retrained with the full epoch budget without each component.",
+            "",
+            "| component left out | design | meta log-loss gain of the component | "
+            "test balanced acc. % without it (with it) |",
+            "|---|---|---|---|",
+        ]
+        for row in summary["leave_one_out"]:
+            lines.append(
+                f"| {row['component']} | {row['without']} | {row['meta_score_gain']:+.4f} | "
+                f"{_pct(row['test']['balanced_accuracy'])} "
+                f"({_pct(test.get('balanced_accuracy'))}) |"
+            )
+        lines.append("")
     estimate = noise["estimate"]
     lines += [
         "## Estimated noise model",

@@ -8,7 +8,7 @@ its own method, so ``mwnet`` goes with a fixed loss, not with AutoBalance.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from autorobust.design.config import DesignConfig
@@ -79,6 +79,19 @@ class Design:
         if self.loss != "cross_entropy":
             parts.append(self.loss)
         return parts
+
+    def without(self, component: str) -> Design:
+        """This design with ``component`` (one of :attr:`components`) taken out: the fixed
+        model, no treatment, no relabelling, or cross-entropy instead of the loss family."""
+        if component not in self.components:
+            raise ValueError(f"{component!r} is not a component of {self.describe()}")
+        if component == "architecture":
+            return replace(self, architecture="fixed")
+        if component == "relabel":
+            return replace(self, relabel=False, relabel_confidence=None)
+        if component in ("logit_adjustment", "autobalance"):
+            return replace(self, loss="cross_entropy", tau=0.0)
+        return Design(architecture=self.architecture, loss=self.loss, tau=self.tau)
 
     @property
     def complexity(self) -> tuple[int, float]:
