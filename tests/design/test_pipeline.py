@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -99,6 +100,11 @@ def test_each_design_becomes_the_config_that_trains_it(tmp_path: Path) -> None:
         config, selection, epochs=2, run_dir=tmp_path / "b", relabel_file=relabel_file
     )
     assert built.data.relabel_file == str(relabel_file)
+    semi = dataclasses.replace(selection, pseudo_label=True)
+    built = design_run_config(
+        config, semi, epochs=2, run_dir=tmp_path / "s", relabel_file=relabel_file
+    )
+    assert built.method == "pseudo_label" and semi.components[-2] == "pseudo_label"
     built = design_run_config(
         config, transition, epochs=2, run_dir=tmp_path / "c", noise_model_file=noise_file
     )

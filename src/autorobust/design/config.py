@@ -60,6 +60,9 @@ class DesignConfig(StrictModel):
         default_factory=lambda: ["posterior", "small_loss", "prototype"]
     )
     """Detectors a ``selection`` design may use (methods/sample_selection)."""
+    pseudo_label: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    """Whether a ``selection`` design keeps its rejected samples as unlabeled images for a
+    pseudo-label loss (``method: pseudo_label``); both values: searched."""
     quantile_range: tuple[float, float] = (0.02, 0.3)
     """Range of the per-class meta quantile q of a selection (log-uniform)."""
     relabel_confidence_range: tuple[float, float] = (0.3, 0.9)

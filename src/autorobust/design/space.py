@@ -34,6 +34,8 @@ class Design:
         relabel: whether a selection relabels confident rejected samples.
         relabel_confidence: the confidence a relabelled sample needs.
         relabel_needs_prototype: relabel only where the nearest clean prototype agrees (RoLT).
+        pseudo_label: a selection's rejected samples stay as unlabeled images for a
+            pseudo-label loss (``method: pseudo_label``, FixMatch on the rejected samples).
         mwnet_class_aware: MW-Net's V reads a class embedding (CMW-Net-like) besides the loss.
         mwnet_lr: V's learning rate.
     """
@@ -48,6 +50,7 @@ class Design:
     relabel: bool | None = None
     relabel_confidence: float | None = None
     relabel_needs_prototype: bool = False
+    pseudo_label: bool | None = None
     mwnet_class_aware: bool | None = None
     mwnet_lr: float | None = None
 
@@ -76,6 +79,8 @@ class Design:
             parts.append(self.treatment)
             if self.treatment == "selection" and self.relabel:
                 parts.append("relabel")
+            if self.treatment == "selection" and self.pseudo_label:
+                parts.append("pseudo_label")
         if self.loss != "cross_entropy":
             parts.append(self.loss)
         return parts
@@ -89,6 +94,8 @@ class Design:
             return replace(self, architecture="fixed")
         if component == "relabel":
             return replace(self, relabel=False, relabel_confidence=None)
+        if component == "pseudo_label":
+            return replace(self, pseudo_label=False)
         if component in ("logit_adjustment", "autobalance"):
             return replace(self, loss="cross_entropy", tau=0.0)
         return Design(architecture=self.architecture, loss=self.loss, tau=self.tau)
@@ -108,6 +115,10 @@ class Design:
         factor = 1.0
         if self.treatment == "mwnet":
             factor *= 1.15
+        if self.pseudo_label:
+            # One weak forward pass without gradient and one strong forward and backward pass of
+            # as many rejected images as labelled ones, per step.
+            factor *= 2.3
         if self.loss == "autobalance":
             factor *= 1.3
         return factor
@@ -122,7 +133,8 @@ class Design:
             if self.relabel and self.relabel_needs_prototype:
                 relabel += " if the prototype agrees"
             rule = f"q={self.quantile:.2f}" if self.rule == "meta_quantile" else self.rule
-            parts.append(f"selection({self.detector}, {rule}{relabel})")
+            semi = ", pseudo-labels" if self.pseudo_label else ""
+            parts.append(f"selection({self.detector}, {rule}{relabel}{semi})")
         elif self.treatment == "mwnet":
             aware = "class-aware V" if self.mwnet_class_aware else "V on the loss"
             parts.append(f"mwnet({aware})")
@@ -144,6 +156,7 @@ REFERENCE_DESIGNS: tuple[Design, ...] = (
         detector="posterior",
         quantile=0.1,
         relabel=False,
+        pseudo_label=False,
     ),
     Design(treatment="transition", loss="logit_adjustment", tau=1.0),
     Design(
@@ -154,6 +167,7 @@ REFERENCE_DESIGNS: tuple[Design, ...] = (
         quantile=0.1,
         relabel=True,
         relabel_confidence=0.5,
+        pseudo_label=False,
     ),
 )
 
@@ -194,6 +208,10 @@ class DesignSpace:
                 point["relabel_confidence"] = trial.suggest_float(
                     "relabel_confidence", *s.relabel_confidence_range
                 )
+            if loss != "autobalance" and len(s.pseudo_label) > 1:
+                point["pseudo_label"] = trial.suggest_categorical("pseudo_label", [False, True])
+            elif loss != "autobalance":
+                point["pseudo_label"] = s.pseudo_label[0]
         if treatment == "mwnet":
             point["mwnet_class_aware"] = trial.suggest_categorical(
                 "mwnet_class_aware", [False, True]
@@ -240,6 +258,13 @@ class DesignSpace:
             params["relabel"] = bool(design.relabel)
             if design.relabel:
                 params["relabel_confidence"] = design.relabel_confidence
+            if design.loss != "autobalance":
+                if bool(design.pseudo_label) not in s.pseudo_label:
+                    return None
+                if len(s.pseudo_label) > 1:
+                    params["pseudo_label"] = bool(design.pseudo_label)
+            elif design.pseudo_label:
+                return None
         return params
 
     def describe(self) -> dict[str, Any]:
