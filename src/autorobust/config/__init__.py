@@ -77,6 +77,9 @@ class DataConfig(StrictModel):
     """Which source to read and how to split it (METHODS.md section 1, "Splits")."""
 
     source: str = "digits"
+    """The data source: ``digits`` (scikit-learn's bundled 8x8 digits), ``fashion-mnist``,
+    ``mnist``, ``cifar10``, ``cifar100``, ``image-folder`` or ``npz`` (README, "Data";
+    ``autorobust datasets`` lists them and whether their files are present)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword options of the source, e.g. ``root`` or ``image_size``."""
     meta_per_class: int = Field(10, ge=1)
@@ -103,6 +106,9 @@ class ShiftConfig(StrictModel):
     """Simulated distribution shift of the training pool: imbalance first, then label noise."""
 
     imbalance: Literal["none", "long_tail", "step"] = "none"
+    """The class profile of the training pool: ``long_tail`` n_c = floor(n_max rho^(-c/(K-1)));
+    ``step``: the last ceil(K mu) classes get floor(n_max / rho), the others n_max; ``none``:
+    every class keeps n_max (all it has when ``n_max`` is null)."""
     rho: float = Field(1.0, ge=1.0)
     """Imbalance ratio n_max / n_min."""
     mu: float = Field(0.5, gt=0.0, lt=1.0)
@@ -110,7 +116,13 @@ class ShiftConfig(StrictModel):
     n_max: int | None = Field(None, ge=1)
     """Size of the largest class; default: the smallest class size available."""
     noise: Literal["none", "symmetric", "pair", "matrix"] = "none"
+    """Label noise applied after the imbalance: ``symmetric`` (a wrong label drawn uniformly from
+    the other K - 1 classes, or from all K with ``include_true_class``), ``pair`` (a flipped label
+    of class c is c + 1 mod K), ``matrix`` (each clean class's labels drawn from its row of
+    ``noise_matrix``) or ``none``."""
     noise_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    """Fraction of each class's training labels that ``symmetric`` or ``pair`` noise flips
+    (exactly, within one sample per class; ``pair`` needs < 0.5); they need a rate > 0."""
     noise_matrix: list[list[float]] | None = None
     """Noise ``matrix``: K x K, row c the distribution of the observed label of clean class c
     (non-negative, each row summing to 1); K must be the data source's number of classes."""
@@ -153,15 +165,30 @@ class ShiftConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
+    """The classifier, by its name in the model registry, and its options."""
+
     name: str = "small_cnn"
+    """The classifier: ``small_cnn``, ``resnet20``, ``resnet32`` or ``darts`` (a CSNAS cell;
+    ``method: darts``), or one a plugin registers (``autorobust.list_models()``)."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the model, e.g. ``width`` of ``small_cnn``, ``genotype``, ``layers``
+    and ``channels`` of ``darts``; an unknown option is refused with the accepted ones."""
 
     _options_finite = field_validator("options")(_finite_options)
 
 
 class LossConfig(StrictModel):
+    """The training loss, by its name in the loss registry, and its hyper-parameters."""
+
     name: str = "cross_entropy"
+    """The training loss: ``cross_entropy``, ``focal``, ``class_balanced``, ``logit_adjustment``,
+    ``ldam``, ``balanced_softmax``, ``generalized_ce``, ``parametric`` (AutoBalance's learned
+    loss) or ``forward_corrected`` (GLC), or one a plugin registers
+    (``autorobust.list_losses()``)."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Hyper-parameters of the loss, e.g. ``tau`` of ``logit_adjustment`` or ``gamma`` of
+    ``focal``; an unknown one is refused with the accepted ones. Prior-based losses take the
+    class counts from the training pool."""
 
     _options_finite = field_validator("options")(_finite_options)
 
@@ -170,10 +197,16 @@ class AugmentConfig(StrictModel):
     """Batched augmentation of training images (see :mod:`autorobust.data.augment`)."""
 
     crop_padding: int = Field(0, ge=0)
+    """Random crop: pad every side with this many zero pixels, then crop back to the image size
+    (a shift of up to this many pixels each way); 0: off."""
     hflip: bool = False
+    """Flip horizontally with probability 0.5 (leave it off for digits, which a mirror changes)."""
     grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of turning an RGB image grayscale."""
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    """Strength of the random brightness, contrast and saturation changes; 0: off."""
     cutout: int = Field(0, ge=0)
+    """Side in pixels of a random square set to black (cutout); 0: off."""
     class_strength: list[float] | None = None
     """Per-class probability in [0, 1] that a training sample of that class is augmented at all
     (AutoBalance's individualised augmentation; ``search loss`` can tune it with TPE through
@@ -188,22 +221,36 @@ class AugmentConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """SGD with momentum; the learning rate follows ``schedule`` per epoch."""
+    """SGD with momentum; the learning rate follows ``schedule``, updated after every step."""
 
     epochs: int = Field(15, ge=1)
+    """Epochs of a run (``autorobust train``, and the retraining of a search's best design);
+    search trials may train fewer (``search.trial_epochs``)."""
     batch_size: int = Field(128, ge=1)
+    """Training images per SGD step."""
     lr: float = Field(0.05, gt=0.0)
+    """Base learning rate of SGD, before the warm-up and the schedule."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD momentum."""
     nesterov: bool = False
+    """Nesterov momentum (only with ``momentum`` > 0)."""
     weight_decay: float = Field(5e-4, ge=0.0)
+    """L2 weight decay of SGD."""
     schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """The learning rate after the warm-up, updated every step: ``cosine`` anneals it to 0 at
+    the last step, ``step`` multiplies it by ``gamma`` at each of ``milestones``, ``constant``
+    keeps it."""
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     """Step schedule: fractions of ``epochs`` at which the rate is multiplied by ``gamma``."""
     gamma: float = Field(0.1, gt=0.0, le=1.0)
+    """Step schedule: the factor applied at each milestone."""
     warmup_epochs: int = Field(0, ge=0)
     """Linear learning-rate warm-up over the first epochs (LDAM and AutoBalance use 5)."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Augmentation of the training images (none by default)."""
     progress: bool = True
+    """Show a progress bar of the epochs on stderr (``--no-progress`` turns it off; search
+    trials never show one). Not part of the checkpoint fingerprint."""
     threads: int | Literal["auto"] = "auto"
     """CPU threads of torch: an integer >= 1, or ``auto``: ``OMP_NUM_THREADS`` if set, else this
     machine's cores divided among the autorobust processes training on it now (at least 1; see
@@ -234,17 +281,38 @@ class SearchConfig(StrictModel):
     """How a search runs (Optuna); see :class:`autorobust.search.runner.SearchSettings`."""
 
     study_name: str | None = None
-    """Default: ``<kind>-<config file stem>``."""
+    """Name of the study in its storage; running again with the same name resumes it, and
+    workers that share the storage and the name share the study (``--study-name``). Default:
+    ``<kind>-<config file stem>`` on the command line (``baseline-demo``), the kind alone
+    (``baseline``) from Python."""
     storage: str | None = None
-    """Any Optuna storage URL; default an SQLite file in the run directory."""
+    """SQLAlchemy URL of the database holding the study (``--storage``):
+    ``sqlite:///path/study.db`` for workers on one machine, or
+    ``postgresql+psycopg://USER:PASSWORD@HOST:5432/DB`` (the ``postgres`` extra) for workers on
+    many; default: ``sqlite:///<run_dir>/study.db``. Passwords are redacted in messages."""
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    """How trials are proposed: ``tpe`` (Optuna's TPE), ``random``, or ``nsga2`` (for searches
+    with several objectives)."""
     n_trials: int = Field(20, ge=1)
+    """Finished (complete or pruned) trials the study must hold, counting every worker and every
+    earlier run; failed trials do not count (``--n-trials``)."""
     timeout: float | None = Field(None, gt=0.0)
+    """Wall-clock budget of one worker in seconds, checked between trials (a running trial is
+    never cut short); null: none (``--timeout``)."""
     n_startup_trials: int = Field(10, ge=0)
+    """TPE: random trials before it starts modelling."""
     n_ei_candidates: int = Field(24, ge=1)
+    """TPE: candidates drawn per proposal, of which the one with the best expected improvement
+    is proposed."""
     gamma: float | None = Field(None, gt=0.0, lt=1.0)
+    """TPE: the fraction of trials modelled as good; null: Optuna's min(ceil(0.1 n), 25) of n
+    trials."""
     multivariate: bool = False
+    """TPE: model the parameters jointly rather than one by one."""
     pruner: Literal["median", "none"] = "median"
+    """``median``: stop a trial whose best score so far is below the median of the completed
+    trials at the same epoch (after ``pruner_startup_trials`` and ``pruner_warmup_epochs``);
+    ``none``: every trial trains its whole budget."""
     pruner_startup_trials: int = Field(10, ge=0)
     """Completed trials before the median pruner may stop any trial; the default is TPE's own
     start-up, so the pruner starts judging when the sampler starts modelling."""
@@ -261,15 +329,25 @@ class SearchConfig(StrictModel):
     trial_epochs: int | None = Field(None, ge=1)
     """Shortened training budget of one trial; default: ``train.epochs``."""
     heartbeat_interval: int = Field(60, ge=1)
+    """Seconds between the heartbeats of a running trial; a trial without one for twice as long
+    counts as dead (its worker was killed): it is marked failed and a copy runs again."""
     max_retry: int = Field(3, ge=0)
+    """How often the trial of a dead worker is run again (with the same parameters, resuming
+    from its checkpoint)."""
 
 
 class ExperimentConfig(StrictModel):
     """A whole run: data, shift, model, loss, training and (optionally) search settings."""
 
     seed: int = Field(0, ge=0)
+    """Seed of everything random: the splits and the shift, the initial weights, each epoch's
+    shuffling, augmentation and dropout (seeded by (seed, epoch)), and by default the search's
+    sampler (``search.seed``)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: ``auto`` is CUDA when available, else the CPU (``--device``)."""
     run_dir: str = "runs/default"
+    """The run directory (``config.yaml``, ``data.json``, ``checkpoint.pt``, ``metrics.json``;
+    a search's study, trials and best run), relative to the working directory (``--run-dir``)."""
     data: DataConfig = Field(default_factory=DataConfig)
     shift: ShiftConfig = Field(default_factory=ShiftConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -154,9 +154,13 @@ class BilevelConfig(StrictModel):
     upper_end_fraction: float = Field(1.0, gt=0.0, le=1.0)
     """The upper level stops after this fraction of the search epochs."""
     upper_optimizer: Literal["adam", "sgd"] = "adam"
+    """Optimiser of the learned loss parameters (the upper level): Adam, or SGD with momentum."""
     upper_lr: float = Field(0.05, gt=0.0)
+    """Learning rate of the upper optimiser."""
     upper_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """Momentum of the upper level's SGD (``upper_optimizer: sgd``)."""
     upper_weight_decay: float = Field(1e-4, ge=0.0)
+    """Weight decay of the upper optimiser on the loss parameters."""
     upper_clip: float = Field(1.0, gt=0.0)
     """Largest L2 norm of one hypergradient (clipped before the optimiser step)."""
     search_epochs: int | None = Field(None, ge=1)
@@ -166,10 +170,15 @@ class BilevelConfig(StrictModel):
     tune: list[TunableKnob] = Field(default_factory=list)
     """Knobs TPE tunes (scored on validation); empty: every trial runs the values above."""
     upper_lr_range: tuple[float, float] = (0.005, 0.3)
+    """``upper_lr``: TPE's range (low, high), log-uniform."""
     warmup_range: tuple[int, int] = (0, 5)
+    """``warmup_epochs``: TPE's range (low, high) of integers."""
     fairness_weight_range: tuple[float, float] = (0.0, 5.0)
+    """``fairness_weight``: TPE's range (low, high), uniform."""
     eta_scale_range: tuple[float, float] = (0.2, 1.5)
+    """``eta_scale``: TPE's range (low, high), uniform; below 2."""
     upper_every_range: tuple[int, int] = (5, 50)
+    """``upper_every``: TPE's range (low, high) of integers, log-uniform."""
     augment_strength_range: tuple[float, float] = (0.0, 1.0)
     """``augment_strength``: TPE picks the probability of augmenting a sample of the most
     frequent class and of the rarest one in this range; classes between are interpolated linearly

@@ -49,7 +49,9 @@ class ArchitectureConfig(StrictModel):
     lr: float = Field(0.001, gt=0.0)
     """Momentum-SGD learning rate of the fitness training (paper appendix A: 0.001)."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """Momentum of the fitness training's SGD."""
     weight_decay: float = Field(0.0, ge=0.0)
+    """Weight decay of the fitness training's SGD."""
 
     views: int = Field(2, ge=1)
     """M, augmented views per image (paper: 2); SimCLR uses exactly 2."""

@@ -17,11 +17,13 @@ class ReweightSearchConfig(StrictModel):
     max_hidden_layers: int = Field(4, ge=0, le=4)
     """Hidden layers are searched in 0..max_hidden_layers."""
     min_hidden_layers: int = Field(0, ge=0, le=4)
+    """Fewest hidden layers a searched V has."""
     width_range: tuple[int, int] = (8, 256)
     """(low, high) of each hidden layer's width, log-uniform integers."""
     inputs: list[Literal["loss", "features", "loss+features"]] = Field(
         default_factory=lambda: ["loss", "features", "loss+features"], min_length=1
     )
+    """What a searched V may read (``reweight.input``); one value: not searched."""
     layers: list[str] | None = None
     """Candidate intermediate layers for feature inputs; None: every layer the model names."""
     class_aware: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
@@ -62,6 +64,7 @@ class ReweightConfig(StrictModel):
     hidden: list[int] = Field(default_factory=lambda: [100], max_length=4)
     """Widths of V's hidden layers (0 to 4 layers)."""
     activation: Literal["relu", "tanh", "elu", "gelu"] = "relu"
+    """Nonlinearity after each of V's hidden layers."""
     input: Literal["loss", "features", "loss+features"] = "loss"
     """What V reads: the per-sample loss, pooled features of ``feature_layer``, or both."""
     feature_layer: str | None = None
@@ -71,6 +74,7 @@ class ReweightConfig(StrictModel):
     lr: float = Field(1e-3, gt=0.0)
     """Learning rate of V's optimiser."""
     weight_decay: float = Field(1e-4, ge=0.0)
+    """Weight decay of V's optimiser."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """Adam as in the authors' noise code; SGD (momentum 0.9) as in their imbalance code."""
     normalize: bool = True
