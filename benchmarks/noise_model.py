@@ -23,7 +23,9 @@ of the prior must beat.
     python benchmarks/noise_model.py --seeds 0 --noise symmetric --logits-dir /tmp/probes
 
 Results go to ``benchmarks/results/noise_model.{json,md}``; with ``--logits-dir`` the probes'
-logits are kept there (``NOISE_SEED_PROBE.npz``) and reused by a later run.
+logits are kept there (``NOISE_SEED_PROBE.npz``) and reused by a later run; with ``--models-dir``
+every estimate is written as a noise model file (``NOISE_SEED_PROBE_ESTIMATOR.json``) that loss
+``forward_corrected`` can train with (``loss.options.noise_model_file``).
 """
 
 from __future__ import annotations
@@ -145,6 +147,10 @@ def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             meta_labels=result["meta_labels"], **common,
         ),
     }  # fmt: skip
+    if result["models_dir"]:
+        stem = f"{result['noise']}_{result['seed']}_{result['probe']}"
+        for name, model in models.items():
+            model.save(Path(result["models_dir"]) / f"{stem}_{name}.json")
     observed_prior = np.bincount(labels, minlength=k) / len(labels)
     true_prior = truth[1] / truth[1].sum()
     rows = []
@@ -228,13 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST folder")
     parser.add_argument("--logits-dir", default=None, help="keep / reuse the probes' logits")
+    parser.add_argument(
+        "--models-dir", default=None, help="write every estimate as a noise model JSON file"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)
     jobs = [
         {"noise": noise, "seed": seed, "probe": probe, "epochs": args.epochs,
          "device": args.device, "threads": args.threads, "data_root": args.data_root,
-         "logits_dir": args.logits_dir}
+         "logits_dir": args.logits_dir, "models_dir": args.models_dir}
         for noise in args.noise for seed in args.seeds for probe in args.probes
     ]  # fmt: skip
     rows = [
