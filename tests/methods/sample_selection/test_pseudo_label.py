@@ -87,6 +87,20 @@ class TestPseudoLabel(TrainingMethodTests):
         assert labelled > 0, "the test's threshold let no pseudo-label through"
 
 
+class TestPseudoLabelPrior(TestPseudoLabel):
+    """The same contract when the loss is rebuilt every epoch with the pseudo-labels' counts."""
+
+    overrides = (*SMALL, "pseudo_label.prior=labels_and_pseudo_labels", "pseudo_label.mu=2")
+
+    def test_pseudo_labels_are_trained_on_and_reported(self, method_config, tmp_path) -> None:
+        splits = build_splits(method_config)
+        method = self._run(method_config, splits, tmp_path / "run").metrics["method"]
+        last = method["per_epoch"][-2]["pseudo_label_class_counts"]  # of the last epoch's prior
+        assert sum(last) > 0
+        expected = splits.train_class_counts + np.rint(np.asarray(last) / 2.0).astype(np.int64)
+        assert method["last_epoch_prior_counts"] == expected.tolist()
+
+
 # ---------------------------------------------------------------- the loss, by hand
 
 
@@ -113,7 +127,14 @@ def _la_by_hand(logits: torch.Tensor, labels: torch.Tensor, tau: float = 1.0) ->
     return -(adjusted.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(adjusted, dim=1))
 
 
-def _hand_made(threshold_rank: int, *, mu: float = 1.5, weight: float = 0.7, seed: int = 0):
+def _hand_made(
+    threshold_rank: int,
+    *,
+    mu: float = 1.5,
+    weight: float = 0.7,
+    seed: int = 0,
+    prior: str = "labels",
+):
     """A trainer on 4 labelled and 6 rejected 2x2 grey images, plain SGD, no augmentation.
 
     The threshold lies between the ``threshold_rank``-th and the next largest confidence of the
@@ -138,8 +159,15 @@ def _hand_made(threshold_rank: int, *, mu: float = 1.5, weight: float = 0.7, see
         rejected_images=rejected,
         rejected_clean_labels=clean,
         pseudo_label=PseudoLabelConfig(
-            threshold=threshold, mu=mu, weight=weight, strong_jitter=0.0, strong_cutout=0.0
+            threshold=threshold,
+            mu=mu,
+            weight=weight,
+            strong_jitter=0.0,
+            strong_cutout=0.0,
+            prior=prior,
         ),
+        label_counts=COUNTS,
+        loss_factory=lambda counts: create_loss("logit_adjustment", class_counts=counts),
         model=model,
         loss=create_loss("logit_adjustment", class_counts=COUNTS),
         settings=TrainConfig(epochs=2, batch_size=4, lr=0.1, momentum=0.0, weight_decay=0.0),
@@ -234,6 +262,32 @@ def test_when_no_image_passes_the_step_is_the_erm_step() -> None:
     loss = trainer.training_step(x, y, torch.arange(4), step=0)
     assert loss.item() == pytest.approx(_la_by_hand(reference(x), y).mean().item(), rel=1e-6)
     assert trainer.counts[0].tolist()[:2] == [6, 0]
+
+
+def test_the_prior_can_count_the_pseudo_labels_trained_on() -> None:
+    trainer, _, _, x, y, _ = _hand_made(5, prior="labels_and_pseudo_labels")
+    log_prior = trainer.loss.log_prior.clone()
+    trainer.training_step(x, y, torch.arange(4), step=0)  # epoch 0: the labels' counts
+    torch.testing.assert_close(trainer.loss.log_prior, log_prior)
+    pseudo = trainer.class_counts[0].numpy()
+    assert pseudo.sum() == 5
+    # Epoch 1 (one step per epoch here): n_c + round(lambda / mu * m_c), lambda 0.7, mu 1.5.
+    expected = COUNTS + np.rint(0.7 / 1.5 * pseudo).astype(np.int64)
+    np.testing.assert_array_equal(trainer.prior_counts(1), expected)
+    trainer.training_step(x, y, torch.arange(4), step=1)
+    prior = torch.tensor(expected / expected.sum(), dtype=torch.float32)
+    torch.testing.assert_close(trainer.loss.log_prior, torch.log(prior))
+    with pytest.raises(ValueError, match="needs label_counts and loss_factory"):
+        PseudoLabelTrainer(
+            rejected_images=np.zeros((1, 2, 2, 1), dtype=np.uint8),
+            rejected_clean_labels=None,
+            pseudo_label=PseudoLabelConfig(prior="labels_and_pseudo_labels"),
+            model=_Linear(),
+            loss=create_loss("logit_adjustment", class_counts=COUNTS),
+            settings=TrainConfig(),
+            device=torch.device("cpu"),
+            seed=0,
+        )
 
 
 # ---------------------------------------------------------------- ERM when nothing is rejected

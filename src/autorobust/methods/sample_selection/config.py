@@ -86,3 +86,9 @@ class PseudoLabelConfig(StrictModel):
     strong_cutout: float = Field(0.5, ge=0.0, le=1.0)
     """Side of the strong view's cutout square as a fraction of the image's shorter side (the
     usual FixMatch implementations: 16 of 32 pixels); 0: none."""
+    prior: Literal["labels", "labels_and_pseudo_labels"] = "labels"
+    """The class counts a prior-based loss (logit adjustment, ...) is built with: those of the
+    labels (``labels``), or those plus the pseudo-labels of the previous epoch, each weighing
+    ``weight / mu`` of a labelled sample, as it does in the loss (``labels_and_pseudo_labels``):
+    the counts of everything the loss trains on, so that the classes the pseudo-labels favour are
+    adjusted for too."""

@@ -18,6 +18,13 @@ B images, it draws u = max(1, round(mu * B)) rejected images (``Splits.rejected`
    colour jitter and cutout). lambda_t = ``weight``, or a linear ramp from 0 to it over the
    first ``rampup_epochs`` epochs.
 
+With ``prior: labels_and_pseudo_labels`` the loss is rebuilt at the start of every epoch with the
+class counts of everything it trains on: n_c labels plus (lambda_t / mu) m_c, where m_c is the
+number of images pseudo-labelled c in the previous epoch (each weighs lambda_t / mu of a
+labelled sample in the loss, and an epoch draws mu N of them). Pseudo-labels concentrate on the
+classes the model is already sure of; with the labels' counts alone, logit adjustment does not
+correct for those extra samples, and the next pseudo-labels drift further towards those classes.
+
 The strong views of the confident images are forwarded in one batch with the labelled images (as
 FixMatch does, so that batch normalisation sees both); the images below the threshold contribute
 nothing to the loss and are not forwarded. A step in which no image passes (or lambda_t = 0) is
@@ -41,6 +48,7 @@ from torch import Tensor
 from autorobust.data.augment import BatchAugment
 from autorobust.data.tensors import images_to_tensor, to_unit_float
 from autorobust.errors import ConfigError
+from autorobust.losses import ClassificationLoss, create_loss
 from autorobust.methods.sample_selection.config import PseudoLabelConfig
 from autorobust.train.registry import register_trainer
 from autorobust.train.trainer import LabeledImages, Trainer
@@ -103,6 +111,10 @@ class PseudoLabelTrainer(Trainer):
         rejected_clean_labels: int64 (R,), their true labels, only to report the pseudo-labels'
             accuracy (never trained on); None when unknown.
         pseudo_label: the ``pseudo_label`` config section.
+        label_counts: int64 (K,), the class counts of the labels (with ``prior:
+            labels_and_pseudo_labels``).
+        loss_factory: class counts (K,) -> the run's loss built with them (with ``prior:
+            labels_and_pseudo_labels``).
         **trainer_kwargs: the keyword arguments of :class:`Trainer`.
     """
 
@@ -114,9 +126,17 @@ class PseudoLabelTrainer(Trainer):
         rejected_images: np.ndarray,
         rejected_clean_labels: np.ndarray | None,
         pseudo_label: PseudoLabelConfig,
+        label_counts: np.ndarray | None = None,
+        loss_factory: Callable[[np.ndarray], ClassificationLoss] | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         super().__init__(**trainer_kwargs)
+        if pseudo_label.prior == "labels_and_pseudo_labels" and (
+            label_counts is None or loss_factory is None
+        ):
+            raise ValueError("prior 'labels_and_pseudo_labels' needs label_counts and loss_factory")
+        self.label_counts = None if label_counts is None else np.asarray(label_counts, np.int64)
+        self.loss_factory = loss_factory
         if rejected_images.dtype != np.uint8 or rejected_images.ndim != 4:
             raise ValueError(
                 f"rejected_images must be uint8 (R, H, W, C), got {rejected_images.dtype} "
@@ -188,6 +208,12 @@ class PseudoLabelTrainer(Trainer):
         detached total loss."""
         if len(self.rejected) == 0:
             return super().training_step(x, y, index, step)
+        if (
+            self.config.prior == "labels_and_pseudo_labels"
+            and step % self._steps_per_epoch == 0
+            and step > 0
+        ):
+            self._rebuild_loss(step)
         pick, generator = self._draw(len(y), step)
         images = to_unit_float(self.rejected[pick])
         weak = self.normalize.standardize(self.weak(images, generator))
@@ -212,6 +238,21 @@ class PseudoLabelTrainer(Trainer):
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def prior_counts(self, step: int) -> np.ndarray:
+        """int64 (K,): the class counts of the loss in the epoch of ``step`` under ``prior:
+        labels_and_pseudo_labels``: n_c + round((lambda_t / mu) m_c), m_c the images
+        pseudo-labelled c in the previous epoch (none in the first)."""
+        epoch = step // self._steps_per_epoch
+        if epoch == 0:
+            return self.label_counts.copy()
+        pseudo = self.class_counts[epoch - 1].cpu().numpy().astype(np.float64)
+        share = self.weight_at(step) / self.config.mu
+        return self.label_counts + np.rint(share * pseudo).astype(np.int64)
+
+    def _rebuild_loss(self, step: int) -> None:
+        self.loss = self.loss_factory(self.prior_counts(step)).to(self.device)
+        self.loss.on_epoch_start(step // self._steps_per_epoch, self.settings.epochs)
 
     def _record(self, step: int, pick: Tensor, labels: Tensor, mask: Tensor) -> None:
         epoch = step // self._steps_per_epoch
@@ -264,6 +305,9 @@ class PseudoLabelTrainer(Trainer):
                     "pseudo_label_class_counts": class_counts[epoch].tolist(),
                 }
             )
+        if self.config.prior == "labels_and_pseudo_labels" and counts.shape[0]:
+            last_step = (counts.shape[0] - 1) * self._steps_per_epoch
+            result["last_epoch_prior_counts"] = self.prior_counts(last_step).tolist()
         if result["per_epoch"]:
             last = result["per_epoch"][-1]
             result["pseudo_labelled_fraction"] = last["pseudo_labelled_fraction"]
@@ -293,9 +337,15 @@ def build_pseudo_label_trainer(
             "per-group parameters: the rejected samples carry no group attribute"
         )
     rejected = splits.rejected
+
+    def loss_factory(counts: np.ndarray) -> ClassificationLoss:
+        return create_loss(config.loss.name, class_counts=counts, **config.loss.options)
+
     return PseudoLabelTrainer(
         rejected_images=rejected.images,
         rejected_clean_labels=rejected.clean_labels,
         pseudo_label=config.pseudo_label,
+        label_counts=splits.train_class_counts,
+        loss_factory=loss_factory,
         **trainer_kwargs,
     )
