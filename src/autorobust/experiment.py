@@ -183,6 +183,12 @@ def config_fingerprint(config: ExperimentConfig) -> str:
         relevant.pop(key)
     if relevant["method"] != "pseudo_label":
         relevant.pop("pseudo_label")
+    noise_model_file = relevant["loss"]["options"].get("noise_model_file")
+    if isinstance(noise_model_file, str) and Path(noise_model_file).is_file():
+        # As for the relabel file: the content decides the weights, not where it lies.
+        relevant["loss"]["options"]["noise_model_file"] = hashlib.sha256(
+            Path(noise_model_file).read_bytes()
+        ).hexdigest()
     relabel_file = relevant["data"].pop("relabel_file")
     if relabel_file is not None:
         relevant["data"]["relabel_sha256"] = relabel_file_sha256(relabel_file)

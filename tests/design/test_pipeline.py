@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from autorobust.config import load_config
 from autorobust.design.pipeline import design_run_config, run_design
 from autorobust.design.space import REFERENCE_DESIGNS, Design
 from autorobust.experiment import build_splits
+from autorobust.methods.glc.noise_model import NoiseModel
 from autorobust.train.trainer import load_checkpoint
 
 SMALL = [
@@ -110,6 +112,19 @@ def test_each_design_becomes_the_config_that_trains_it(tmp_path: Path) -> None:
     )
     assert built.loss.name == "forward_corrected"
     assert built.loss.options == {"noise_model_file": str(noise_file), "tau": 1.0}
+    observed = splits.train_class_counts
+    NoiseModel(
+        transition=np.full((10, 10), 0.02) + 0.8 * np.eye(10),
+        clean_counts=observed.astype(float),
+        observed_counts=observed,
+    ).save(noise_file)
+    learned = Design(treatment="transition", loss="autobalance", tau=1.0)
+    built = design_run_config(
+        config, learned, epochs=2, run_dir=tmp_path / "e", noise_model_file=noise_file
+    )
+    assert built.method == "autobalance" and built.bilevel.init == "logit_adjustment"
+    assert np.allclose(built.bilevel.transition, NoiseModel.load(noise_file).transition)
+    assert built.bilevel.init_prior_counts == observed.tolist()
     mwnet = Design(treatment="mwnet", loss="cross_entropy", tau=0.0, mwnet_class_aware=True,
                    mwnet_lr=1e-3)  # fmt: skip
     built = design_run_config(config, mwnet, epochs=2, run_dir=tmp_path / "d")

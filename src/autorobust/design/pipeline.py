@@ -183,7 +183,8 @@ def design_run_config(
         if design.treatment == "transition":
             model = NoiseModel.load(noise_model_file)
             raw["bilevel"].update(
-                transition=model.transition.tolist(), prior_counts=model.clean_counts.tolist()
+                transition=model.transition.tolist(),
+                init_prior_counts=model.clean_counts.tolist(),
             )
     if design.treatment == "selection":
         if relabel_file is None:
