@@ -8,10 +8,11 @@ its own method, so ``mwnet`` goes with a fixed loss, not with AutoBalance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
-from autorobust.design.config import DesignConfig
+from autorobust.design.config import DesignConfig, LossFamily
 from autorobust.errors import ConfigError
 
 __all__ = ["REFERENCE_DESIGNS", "Design", "DesignSpace"]
@@ -147,28 +148,20 @@ class Design:
 # Designs every study evaluates first, in this order: the probe itself (no treatment, logit
 # adjustment, which needs no training of its own), then one reference point of each treatment
 # at its measured default. TPE then explores around them.
+_SELECTION = Design(
+    treatment="selection",
+    loss="logit_adjustment",
+    tau=1.0,
+    detector="posterior",
+    quantile=0.1,
+    relabel=False,
+    pseudo_label=False,
+)
 REFERENCE_DESIGNS: tuple[Design, ...] = (
     Design(treatment="none", loss="logit_adjustment", tau=1.0),
-    Design(
-        treatment="selection",
-        loss="logit_adjustment",
-        tau=1.0,
-        detector="posterior",
-        quantile=0.1,
-        relabel=False,
-        pseudo_label=False,
-    ),
+    _SELECTION,
     Design(treatment="transition", loss="logit_adjustment", tau=1.0),
-    Design(
-        treatment="selection",
-        loss="logit_adjustment",
-        tau=1.0,
-        detector="posterior",
-        quantile=0.1,
-        relabel=True,
-        relabel_confidence=0.5,
-        pseudo_label=False,
-    ),
+    replace(_SELECTION, relabel=True, relabel_confidence=0.5),
 )
 
 
@@ -283,12 +276,15 @@ class DesignSpace:
         )
 
 
-def _categorical(trial: Any, name: str, choices: list[str]) -> str:
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _categorical(trial: Any, name: str, choices: Sequence[_Choice]) -> _Choice:
     """A categorical parameter, asked only when there is a choice (TPE then ignores constants)."""
     if len(choices) == 1:
         return choices[0]
     return trial.suggest_categorical(name, list(choices))
 
 
-def _mwnet_losses(settings: DesignConfig) -> list[str]:
+def _mwnet_losses(settings: DesignConfig) -> list[LossFamily]:
     return [loss for loss in settings.losses if loss != "autobalance"] or ["logit_adjustment"]
