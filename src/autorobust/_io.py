@@ -28,11 +28,11 @@ __all__ = [
 ]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
 
-    Returns the final path. On any exception the temporary file is removed and ``path`` is left
-    untouched.
+    Whatever ``write`` returns (e.g. the byte count of ``handle.write``) is ignored. Returns the
+    final path. On any exception the temporary file is removed and ``path`` is left untouched.
 
     Raises:
         WriteError: an ``OSError`` or ``RuntimeError`` raised while creating, writing or renaming

@@ -79,6 +79,7 @@ def load(name: str) -> Any:
 
 def _import(module: str) -> ModuleType:
     """Import ``autorobust.<module>``; one import statement per module (see the docstring)."""
+    loaded: ModuleType  # declared once, so that each branch's import may bind it
     if module == "errors":
         import autorobust.errors as loaded
     elif module == "config":

@@ -6,7 +6,7 @@ import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -75,7 +75,8 @@ class SourceData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of one image."""
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+        # images are (N, H, W, C): LabeledImages refuses any other shape
+        return cast(tuple[int, int, int], tuple(self.train.images.shape[1:]))
 
 
 class DataSource(ABC):

@@ -214,4 +214,4 @@ def write_relabel_file(
         if not np.all(np.isfinite(weights) & (weights >= 0.0) & (weights <= 1.0)):
             raise ValueError("weights must lie in [0, 1]")
         arrays["weights"] = weights
-    return atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    return atomic_write(path, lambda handle: np.savez(handle, allow_pickle=False, **arrays))

@@ -39,7 +39,8 @@ class DesignConfig(StrictModel):
     n_startup_trials: int = Field(4, ge=0)
     """Random designs TPE draws before modelling, after the enqueued reference designs."""
     treatments: list[Treatment] = Field(
-        default_factory=lambda: ["none", "transition", "selection", "mwnet"], min_length=1
+        default_factory=lambda: list[Treatment](["none", "transition", "selection", "mwnet"]),
+        min_length=1,
     )
     """Noise treatments the search may pick: ``none``; ``transition`` (forward correction with the
     estimated transition matrix, composed with the loss's prior correction at the estimated clean
@@ -47,7 +48,9 @@ class DesignConfig(StrictModel):
     loss then using the counts of the labels kept); ``mwnet`` (Meta-Weight-Net with a searched V,
     cheap meta step)."""
     losses: list[LossFamily] = Field(
-        default_factory=lambda: ["cross_entropy", "logit_adjustment", "autobalance"],
+        default_factory=lambda: list[LossFamily](
+            ["cross_entropy", "logit_adjustment", "autobalance"]
+        ),
         min_length=1,
     )
     """Loss families: fixed cross-entropy, logit adjustment (prior of the labels trained on), or
@@ -57,7 +60,7 @@ class DesignConfig(StrictModel):
     ``best_genotype.json`` of ``autorobust search architecture``), trained as model ``darts`` at
     ``architecture.eval_layers`` x ``eval_channels``."""
     detectors: list[Detector] = Field(
-        default_factory=lambda: ["posterior", "small_loss", "prototype"]
+        default_factory=lambda: list[Detector](["posterior", "small_loss", "prototype"])
     )
     """Detectors a ``selection`` design may use (methods/sample_selection)."""
     pseudo_label: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)

@@ -181,6 +181,8 @@ def design_run_config(
         raw["method"] = "autobalance"
         raw["bilevel"].update(init="logit_adjustment", init_tau=design.tau)
         if design.treatment == "transition":
+            if noise_model_file is None:  # refused above already
+                raise ValueError("a transition design needs the noise model file")
             model = NoiseModel.load(noise_model_file)
             raw["bilevel"].update(
                 transition=model.transition.tolist(),

@@ -27,6 +27,7 @@ class BalancedSoftmaxLoss(ClassificationLoss):
 
     uses_class_counts: ClassVar[bool] = True
     search_space: ClassVar[dict[str, tuple[float, float, str]]] = {}
+    log_counts: Tensor  # a buffer (registered in __init__), typed for mypy
 
     def __init__(self, *, class_counts: Sequence[int] | np.ndarray | None) -> None:
         super().__init__()

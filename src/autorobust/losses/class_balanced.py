@@ -44,6 +44,7 @@ class ClassBalancedLoss(ClassificationLoss):
 
     uses_class_counts: ClassVar[bool] = True
     search_space: ClassVar[dict[str, tuple[float, float, str]]] = {"beta": (0.9, 0.9999, "linear")}
+    class_weights: Tensor  # a buffer (registered in __init__), typed for mypy
 
     def __init__(
         self,

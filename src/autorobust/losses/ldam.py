@@ -58,6 +58,9 @@ class LDAMLoss(ClassificationLoss):
         "max_margin": (0.1, 1.0, "linear"),
         "scale": (1.0, 30.0, "log"),
     }
+    # buffers (registered in __init__), typed for mypy
+    margins: Tensor
+    drw_weights: Tensor
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ class LogitAdjustedLoss(ClassificationLoss):
 
     uses_class_counts: ClassVar[bool] = True
     search_space: ClassVar[dict[str, tuple[float, float, str]]] = {"tau": (0.0, 3.0, "linear")}
+    log_prior: Tensor  # a buffer (registered in __init__), typed for mypy
 
     def __init__(
         self, *, class_counts: Sequence[int] | np.ndarray | None, tau: float = 1.0

@@ -40,6 +40,8 @@ class Classifier(nn.Module):
             ``named_modules()``) to its channel count after global average pooling.
     """
 
+    head: nn.Linear  # the output layer; every subclass sets it in its __init__
+
     def __init__(
         self,
         *,
@@ -151,12 +153,14 @@ def functional_forward_intermediates(
     Returns:
         logits float (B, num_classes), and ``layer -> float (B, intermediate_dims[layer])``.
     """
+    # functional_call takes plain dicts (or a list of them), not any Mapping
+    tensors: dict[str, Tensor] | list[dict[str, Tensor]]
     if isinstance(parameters_and_buffers, Mapping):
-        parameters_and_buffers = dict(parameters_and_buffers)
+        tensors = dict(parameters_and_buffers)
     else:
-        parameters_and_buffers = [dict(part) for part in parameters_and_buffers]
+        tensors = [dict(part) for part in parameters_and_buffers]
     with model.capture_intermediates(layers) as captured:
-        logits = functional_call(model, parameters_and_buffers, (x,))
+        logits = functional_call(model, tensors, (x,))
     return logits, dict(captured)
 
 

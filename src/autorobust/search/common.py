@@ -17,6 +17,7 @@ from autorobust.data.splits import Splits
 from autorobust.errors import AutorobustError
 from autorobust.experiment import RunResult, config_fingerprint, train_run
 from autorobust.search.runner import (
+    Direction,
     SearchSettings,
     best_trial_summary,
     remove_partial_writes,
@@ -157,7 +158,7 @@ def search_settings(
     *,
     study_name: str,
     space: Mapping[str, Any],
-    directions: tuple[str, ...] = ("maximize",),
+    directions: tuple[Direction, ...] = ("maximize",),
 ) -> SearchSettings:
     """The runner's settings from a config's ``search`` section (``study_name`` is the default);
     ``space`` describes the search space, which a resumed study must share."""

@@ -72,6 +72,7 @@ from autorobust.search.samplers import (
 __all__ = [
     "FAIL_REASON_ATTR",
     "RESUMED_FROM_ATTR",
+    "Direction",
     "SearchSettings",
     "best_trial_summary",
     "create_sampler",
@@ -91,6 +92,9 @@ FAIL_REASON_ATTR = "fail_reason"
 RESUMED_FROM_ATTR = "resumed_from_trial"
 """User attribute of a retried trial: the number of the dead trial whose folder it took over."""
 SPACE_ATTR = "search_space"  # study user attribute: the space the study was created over
+
+Direction = Literal["maximize", "minimize"]
+"""The direction of one objective value, as Optuna names it."""
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # States of the trials that hold part of the budget: finished, running, or queued for a retry.
@@ -157,7 +161,7 @@ class SearchSettings:
     # The defaults of SearchConfig (see its docstring for the measurement behind them).
     pruner_startup_trials: int = 10
     pruner_warmup_steps: int = 5
-    directions: tuple[str, ...] = ("maximize",)
+    directions: tuple[Direction, ...] = ("maximize",)
     heartbeat_interval: int = 60
     grace_period: int | None = None
     max_retry: int = 3

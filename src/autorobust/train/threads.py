@@ -29,6 +29,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 from autorobust.errors import ConfigError
 
@@ -86,7 +87,7 @@ def _cgroup_quota() -> int | None:
     return math.ceil(quota_us / period_us) if quota_us > 0 and period_us > 0 else None
 
 
-def _fcntl():  # type: ignore[no-untyped-def]
+def _fcntl() -> ModuleType | None:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no registry, auto means all cores

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
@@ -53,8 +53,21 @@ _REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 class LabeledImages(Protocol):
     """Anything with uint8 ``images`` (N, H, W, C) and int64 ``labels`` (N,)."""
 
-    images: np.ndarray
-    labels: np.ndarray
+    # read-only, so that frozen dataclasses (ImageDataset, TrainingPool) conform
+    @property
+    def images(self) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+
+class _GroupSensitiveLoss(Protocol):
+    """A loss with per-group parameters (``uses_groups`` true, e.g. AutoBalance's): its
+    per-sample losses also take the batch's group attributes int64 (B,)."""
+
+    def per_sample(
+        self, logits: torch.Tensor, target: torch.Tensor, groups: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -192,18 +205,21 @@ class Trainer:
         all 0); without weights it is the loss's own mean, computed exactly as before.
         """
         weights = getattr(self, "train_weights", None)
-        uses_groups = getattr(self.loss, "uses_groups", False)
-        if uses_groups and self.train_groups is None:
-            raise AutorobustError(
-                f"loss {type(self.loss).__name__} has per-group parameters, but the training "
-                "data carries no group attributes"
-            )
+        groups: torch.Tensor | None = None
+        if getattr(self.loss, "uses_groups", False):
+            if self.train_groups is None:
+                raise AutorobustError(
+                    f"loss {type(self.loss).__name__} has per-group parameters, but the training "
+                    "data carries no group attributes"
+                )
+            groups = self.train_groups[index]
         if weights is None:
-            if not uses_groups:
+            if groups is None:
                 return self.loss(logits, y)
-            return self.loss(logits, y, groups=self.train_groups[index])
-        if uses_groups:
-            losses = self.loss.per_sample(logits, y, groups=self.train_groups[index])
+            return self.loss(logits, y, groups=groups)
+        if groups is not None:
+            group_loss = cast(_GroupSensitiveLoss, self.loss)  # uses_groups: it takes groups
+            losses = group_loss.per_sample(logits, y, groups=groups)
         else:
             losses = self.loss.per_sample(logits, y)
         w = weights[index].to(losses.dtype)

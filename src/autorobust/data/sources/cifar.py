@@ -49,8 +49,10 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     for package in ("numpy._core", "numpy.core"):
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        # protocol 5 pickles of contiguous arrays are rebuilt with _frombuffer
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+        # protocol 5 pickles of contiguous arrays are rebuilt with _frombuffer (private, so
+        # numpy's stubs do not declare it)
+        frombuffer = numeric._frombuffer  # type: ignore[attr-defined]
+        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
     return allowed
 
 
