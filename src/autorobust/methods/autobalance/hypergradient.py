@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -48,7 +48,9 @@ HVP = Callable[[Sequence[Tensor]], Tensors]
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+    # sum() starts from the int 0, which only an empty list would return; lists of parameters
+    # are never empty. (A tensor start would change the result's dtype promotion.)
+    return cast(Tensor, sum((x * y).sum() for x, y in zip(a, b, strict=True)))
 
 
 def tensor_norm(a: Sequence[Tensor]) -> float:

@@ -106,6 +106,9 @@ class ParametricLoss(ClassificationLoss):
 
     uses_class_counts: ClassVar[bool] = True
     search_space: ClassVar[dict[str, tuple[float, float, str]]] = {}
+    # buffers (registered in __init__; log_transition only with a transition), typed for mypy
+    slot_of_class: Tensor
+    log_transition: Tensor
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.augment import BatchAugment
 from autorobust.data.splits import Splits
 from autorobust.data.tensors import images_to_tensor, resolve_device
-from autorobust.errors import ConfigError
+from autorobust.errors import ConfigError, DataError
 from autorobust.experiment import RunResult, build_model, build_splits, train_run
 from autorobust.methods.autobalance.config import BilevelConfig
 from autorobust.methods.autobalance.objectives import fairness_metrics
@@ -66,7 +66,8 @@ class BilevelKnobSpace:
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """A point {knob: value} for the knobs in ``bilevel.tune`` (empty if none)."""
-        b, point = self.bilevel, {}
+        b = self.bilevel
+        point: dict[str, Any] = {}
         for knob in b.tune:
             if knob == "upper_lr":
                 point[knob] = trial.suggest_float(knob, *b.upper_lr_range, log=True)
@@ -243,6 +244,9 @@ def _plot(learned: dict[str, Any], splits: Splits, path: Path) -> None:
 
 def _add_fairness(retrained: Any, splits: Splits, config: ExperimentConfig) -> Any:
     """Add equal-opportunity gap and worst-group accuracy on the test split to metrics.json."""
+    groups = splits.test.groups
+    if groups is None:
+        raise DataError("fairness metrics need the group attributes of the test split")
     import torch
 
     from autorobust.data.tensors import Normalization
@@ -256,8 +260,6 @@ def _add_fairness(retrained: Any, splits: Splits, config: ExperimentConfig) -> A
     with torch.no_grad():
         logits = predict(model, images_to_tensor(splits.test.images, device), normalize)
     metrics = dict(retrained.metrics)
-    metrics["fairness"] = fairness_metrics(
-        splits.test.labels, logits.argmax(1).numpy(), splits.test.groups
-    )
+    metrics["fairness"] = fairness_metrics(splits.test.labels, logits.argmax(1).numpy(), groups)
     write_json(retrained.run_dir / "metrics.json", metrics)
     return RunResult(run_dir=retrained.run_dir, metrics=metrics)

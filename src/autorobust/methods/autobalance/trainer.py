@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from autorobust.methods.autobalance.hypergradient import (
 from autorobust.methods.autobalance.loss import ParametricLoss
 from autorobust.methods.autobalance.objectives import validation_objective
 from autorobust.methods.autobalance.split import split_for_bilevel
+from autorobust.models.base import Classifier
 from autorobust.train.registry import register_trainer
 from autorobust.train.trainer import LabeledImages, Trainer
 
@@ -186,13 +187,21 @@ class BilevelTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
         if upper_active:
-            groups = None if self.loss.num_attributes == 1 else self.train_group_tensor[index]
-            loss = self._lower_loss(logits, y, groups)
+            loss = self._lower_loss(logits, y, self._train_groups(index))
         else:
             loss = F.cross_entropy(logits, y)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def _train_groups(self, index: Tensor) -> Tensor | None:
+        """The group attributes int64 (B,) of the training samples at ``index`` in
+        group-sensitive mode (the loss rows follow them), else None."""
+        if self.loss.num_attributes == 1:
+            return None
+        if self.train_group_tensor is None:  # on_fit_start refuses this already
+            raise DataError("bilevel.group_sensitive needs group attributes of the training pool")
+        return self.train_group_tensor[index]
 
     def _lower_loss(self, logits: Tensor, y: Tensor, groups: Tensor | None) -> Tensor:
         # Detached parameter values: the lower step must not build a graph into α.
@@ -227,8 +236,7 @@ class BilevelTrainer(Trainer):
         y_tr = self.train_labels[train_idx]
         x_va = self.normalize(self.val_images[val_idx])
         y_va = self.val_labels[val_idx]
-        # The loss rows follow the attribute only in group-sensitive mode.
-        g_tr = None if loss.num_attributes == 1 else self.train_group_tensor[train_idx]
+        g_tr = self._train_groups(train_idx)
         g_va = None if self.val_group_tensor is None else self.val_group_tensor[val_idx]
         wd = self.settings.weight_decay
         alpha_names = [
@@ -243,11 +251,14 @@ class BilevelTrainer(Trainer):
         was_training = self.model.training
         self.model.eval()
         try:
+            params: list[Tensor]
             if cfg.hyper_params == "head":
+                # The model is a Classifier (build_model's); the head is its nn.Linear.
+                classifier = cast(Classifier, self.model)
                 with torch.no_grad():
-                    f_tr = self.model.forward_features(x_tr)
-                    f_va = self.model.forward_features(x_va)
-                head = self.model.head
+                    f_tr = classifier.forward_features(x_tr)
+                    f_va = classifier.forward_features(x_va)
+                head = classifier.head
                 params = [head.weight, head.bias]
 
                 def logits_tr(w: Sequence[Tensor]) -> Tensor:
@@ -449,13 +460,13 @@ def build_bilevel_trainer(config: Any, splits: Any, **trainer_kwargs: Any) -> Bi
             f"bilevel split leaves class {int(counts.argmin())} without training images; "
             "lower bilevel.val_fraction"
         )
-    if bilevel.group_sensitive and (train_part.groups is None or val_part.groups is None):
-        raise ConfigError("bilevel.group_sensitive: the data source provides no group attributes")
-    num_attributes = (
-        int(max(train_part.groups.max(), val_part.groups.max())) + 1
-        if bilevel.group_sensitive
-        else 1
-    )
+    num_attributes = 1
+    if bilevel.group_sensitive:
+        if train_part.groups is None or val_part.groups is None:
+            raise ConfigError(
+                "bilevel.group_sensitive: the data source provides no group attributes"
+            )
+        num_attributes = int(max(train_part.groups.max(), val_part.groups.max())) + 1
     trainer_kwargs["loss"] = bilevel_loss(bilevel, counts, num_attributes=num_attributes)
     return BilevelTrainer(
         bilevel=bilevel, train_data=train_part, val_data=val_part, **trainer_kwargs

@@ -58,6 +58,9 @@ class ForwardCorrectedLoss(ClassificationLoss):
 
     uses_class_counts: ClassVar[bool] = True
     search_space: ClassVar[dict[str, tuple[float, float, str]]] = {"tau": (0.0, 2.0, "linear")}
+    # buffers (registered in __init__), typed for mypy
+    log_prior: Tensor
+    log_transition: Tensor
 
     def __init__(
         self,

@@ -511,7 +511,7 @@ def estimate_noise_model(
     observed = np.bincount(obs_labels, minlength=k)
     if not (np.isfinite(probe_tau) and probe_tau >= 0):
         raise ValueError(f"probe_tau must be a number >= 0, got {probe_tau!r}")
-    name = method
+    name: str = method  # "confusion_corrected" below when the meta confusion is undone
     if method == "glc":
         if meta_logits is None or meta_labels is None:
             raise ValueError("method 'glc' needs meta_logits and meta_labels")

@@ -10,6 +10,9 @@ from autorobust._strict import StrictModel
 
 __all__ = ["ReweightConfig", "ReweightSearchConfig"]
 
+# What V reads (``reweight.input``): each sample's loss, the model's features, or both.
+ReweightInput = Literal["loss", "features", "loss+features"]
+
 
 class ReweightSearchConfig(StrictModel):
     """The TPE search space over V (paper 002) used by ``autorobust search reweighter``."""
@@ -20,8 +23,9 @@ class ReweightSearchConfig(StrictModel):
     """Fewest hidden layers a searched V has."""
     width_range: tuple[int, int] = (8, 256)
     """(low, high) of each hidden layer's width, log-uniform integers."""
-    inputs: list[Literal["loss", "features", "loss+features"]] = Field(
-        default_factory=lambda: ["loss", "features", "loss+features"], min_length=1
+    inputs: list[ReweightInput] = Field(
+        default_factory=lambda: list[ReweightInput](["loss", "features", "loss+features"]),
+        min_length=1,
     )
     """What a searched V may read (``reweight.input``); one value: not searched."""
     layers: list[str] | None = None
@@ -65,7 +69,7 @@ class ReweightConfig(StrictModel):
     """Widths of V's hidden layers (0 to 4 layers)."""
     activation: Literal["relu", "tanh", "elu", "gelu"] = "relu"
     """Nonlinearity after each of V's hidden layers."""
-    input: Literal["loss", "features", "loss+features"] = "loss"
+    input: ReweightInput = "loss"
     """What V reads: the per-sample loss, pooled features of ``feature_layer``, or both."""
     feature_layer: str | None = None
     """Intermediate layer of the classifier (``Classifier.intermediate_layers``) V reads."""

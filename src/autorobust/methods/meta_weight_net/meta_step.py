@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from autorobust.methods.meta_weight_net.network import MetaWeightNet
+from autorobust.models.base import Classifier
 
 __all__ = [
     "MetaGradient",
@@ -65,7 +66,9 @@ def weight_inputs_forward(
     """
     if feature_layer is None:
         return model(x), None
-    with model.capture_intermediates([feature_layer]) as captured:
+    # A V reading features is built only for a Classifier (build_reweighting_trainer checks it).
+    classifier = cast(Classifier, model)
+    with classifier.capture_intermediates([feature_layer]) as captured:
         logits = model(x)
     return logits, captured[feature_layer]
 
@@ -127,7 +130,8 @@ def virtual_meta_loss(
     if scope == "full":
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     else:
-        named = [(f"head.{n}", p) for n, p in model.head.named_parameters() if p.requires_grad]
+        head = model.get_submodule("head")
+        named = [(f"head.{n}", p) for n, p in head.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     params = [p for _, p in named]
     # allow_unused: a parameter the forward pass does not touch keeps its value.
@@ -143,14 +147,15 @@ def virtual_meta_loss(
         # The virtual step moves only the head, so the meta batch's head inputs do not depend
         # on φ: one forward pass without gradient (on the buffer copies) gives them.
         captured: list[Tensor] = []
-        handle = model.head.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
+        head = model.get_submodule("head")
+        handle = head.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
         try:
             with torch.no_grad():
                 functional_call(model, buffers, (x_meta,))
         finally:
             handle.remove()
         head_params = {n.removeprefix("head."): t for n, t in virtual.items()}
-        meta_logits = functional_call(model.head, head_params, (captured[-1],))
+        meta_logits = functional_call(head, head_params, (captured[-1],))
     meta_loss = F.cross_entropy(meta_logits, y_meta)
     return VirtualStep(meta_loss=meta_loss, losses=losses, features=features)
 
@@ -236,7 +241,8 @@ def jvp_meta_gradient(
         _untracked_batch_norm(model),
     ):
         _set_rng_state(x.device, rng_state)
-        _, directional = torch.func.jvp(per_sample_at, (primals,), (tangents,))
+        # (output, jvp_out): jvp returns a third element only with has_aux
+        directional = torch.func.jvp(per_sample_at, (primals,), (tangents,))[1]
     directional = directional.detach()
     w = weights.detach()
     if normalize:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import numbers
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -192,20 +192,27 @@ class MetaWeightNet(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if spec.uses_features and (feature_dim is None or feature_dim < 1):
-            raise ConfigError(
-                f"MetaWeightNet: input {spec.input!r} needs feature_dim >= 1, got {feature_dim!r}"
-            )
-        if spec.class_embedding and (num_classes is None or num_classes < 2):
-            raise ConfigError(
-                f"MetaWeightNet: class_embedding needs num_classes >= 2, got {num_classes!r}"
-            )
+        features_in = 0
+        if spec.uses_features:
+            if feature_dim is None or feature_dim < 1:
+                raise ConfigError(
+                    f"MetaWeightNet: input {spec.input!r} needs feature_dim >= 1, "
+                    f"got {feature_dim!r}"
+                )
+            features_in = feature_dim
+        embedded_classes = 0
+        if spec.class_embedding:
+            if num_classes is None or num_classes < 2:
+                raise ConfigError(
+                    f"MetaWeightNet: class_embedding needs num_classes >= 2, got {num_classes!r}"
+                )
+            embedded_classes = num_classes
         self.spec = spec
         self.feature_dim = feature_dim if spec.uses_features else None
         self.num_classes = num_classes
-        in_dim = int(spec.uses_loss) + (feature_dim if spec.uses_features else 0)
+        in_dim = int(spec.uses_loss) + features_in
         self.embedding = (
-            nn.Embedding(num_classes, spec.class_embedding) if spec.class_embedding else None
+            nn.Embedding(embedded_classes, spec.class_embedding) if spec.class_embedding else None
         )
         in_dim += spec.class_embedding
         layers: list[nn.Module] = []
@@ -241,5 +248,6 @@ class MetaWeightNet(nn.Module):
             if labels is None:
                 raise ValueError("MetaWeightNet: a class-aware spec needs labels=")
             parts.append(self.embedding(labels))
-        x = torch.cat([p.to(self.mlp[0].weight.dtype) for p in parts], dim=1)
+        first = cast(nn.Linear, self.mlp[0])  # the MLP starts with a Linear (__init__)
+        x = torch.cat([p.to(first.weight.dtype) for p in parts], dim=1)
         return torch.sigmoid(self.mlp(x)).squeeze(1)

@@ -9,7 +9,8 @@ and ``sample_weights.npz``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from autorobust.errors import ConfigError, UnknownNameError
 from autorobust.methods.meta_weight_net.config import ReweightConfig
 from autorobust.methods.meta_weight_net.meta_step import (
+    MetaGradient,
+    VirtualStep,
     jvp_meta_gradient,
     virtual_meta_loss,
     weight_inputs_forward,
@@ -87,6 +90,7 @@ class ReweightingTrainer(Trainer):
             args = (self.model, self.weight_net, self.loss.per_sample, x, y, x_meta, y_meta)
             lr = self.optimizer.param_groups[0]["lr"]
             phi = list(self.weight_net.parameters())
+            meta: MetaGradient | VirtualStep
             if self.reweight.meta_scope == "full" and self.reweight.meta_gradient == "jvp":
                 meta = jvp_meta_gradient(*args, lr=lr, normalize=self.reweight.normalize)
                 grads = meta.grads
@@ -112,9 +116,10 @@ class ReweightingTrainer(Trainer):
         loss.backward()
         self.optimizer.step()
         if step >= self._record_from:
+            recorded_weights, recorded_losses = self._recorded()
             cpu_index = index.cpu()
-            self.recorded_weights[cpu_index] = weights.detach().float().cpu()
-            self.recorded_losses[cpu_index] = losses.detach().float().cpu()
+            recorded_weights[cpu_index] = weights.detach().float().cpu()
+            recorded_losses[cpu_index] = losses.detach().float().cpu()
         return loss.detach()
 
     def _meta_batch(self, step: int) -> tuple[Tensor, Tensor]:
@@ -124,6 +129,13 @@ class ReweightingTrainer(Trainer):
         generator = torch.Generator().manual_seed(int(state))
         index = torch.randperm(len(self.val_labels), generator=generator)[:size].to(self.device)
         return self.normalize(self.val_images[index]), self.val_labels[index]
+
+    def _recorded(self) -> tuple[Tensor, Tensor]:
+        """The last epoch's weights and losses float32 (N,) (NaN: not recorded), made by
+        :meth:`on_fit_start`."""
+        if self.recorded_weights is None or self.recorded_losses is None:
+            raise RuntimeError("ReweightingTrainer: no recorded weights before fit() starts")
+        return self.recorded_weights, self.recorded_losses
 
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -153,7 +165,8 @@ class ReweightingTrainer(Trainer):
         grid = torch.as_tensor(losses, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             if spec.class_embedding:
-                k = self.weight_net.num_classes
+                # MetaWeightNet refuses a class embedding without num_classes
+                k = cast(int, self.weight_net.num_classes)
                 per_class = torch.stack(
                     [
                         self.weight_net(
@@ -183,8 +196,9 @@ class ReweightingTrainer(Trainer):
         recorded weights go to ``sample_weights.npz`` and, with ``reweight.plots``, the plots of
         :mod:`autorobust.methods.meta_weight_net.report` are drawn there.
         """
-        weights = self.recorded_weights.numpy().astype(np.float64)
-        losses = self.recorded_losses.numpy().astype(np.float64)
+        recorded_weights, recorded_losses = self._recorded()
+        weights = recorded_weights.numpy().astype(np.float64)
+        losses = recorded_losses.numpy().astype(np.float64)
         seen = np.isfinite(weights)
         labels = np.asarray(train.labels)
         noise_mask = getattr(train, "noise_mask", None)
@@ -221,24 +235,26 @@ class ReweightingTrainer(Trainer):
             ],
         }
         if self.run_dir is not None:
-            self._write_outputs(train, result)
+            self._write_outputs(self.run_dir, train, result)
         return result
 
-    def _write_outputs(self, train: LabeledImages, result: dict[str, Any]) -> None:
-        from pathlib import Path
-
+    def _write_outputs(self, run_dir: Path, train: LabeledImages, result: dict[str, Any]) -> None:
         from autorobust._io import atomic_write
 
-        run_dir = Path(self.run_dir)
+        run_dir = Path(run_dir)
+        recorded_weights, recorded_losses = self._recorded()
         noise_mask = getattr(train, "noise_mask", None)
         arrays = {
-            "weights": self.recorded_weights.numpy(),
-            "losses": self.recorded_losses.numpy(),
+            "weights": recorded_weights.numpy(),
+            "losses": recorded_losses.numpy(),
             "labels": np.asarray(train.labels),
         }
         if noise_mask is not None:
             arrays["noise_mask"] = np.asarray(noise_mask)
-        atomic_write(run_dir / SAMPLE_WEIGHTS_NAME, lambda handle: np.savez(handle, **arrays))
+        atomic_write(
+            run_dir / SAMPLE_WEIGHTS_NAME,
+            lambda handle: np.savez(handle, allow_pickle=False, **arrays),
+        )
         if self.reweight.plots:
             from autorobust.methods.meta_weight_net.report import reweight_plots
 
