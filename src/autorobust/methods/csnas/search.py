@@ -91,7 +91,9 @@ class CellSearchSpace:
 
     def genotype(self, point: dict[str, list[str]]) -> Genotype:
         """The validated genotype of a point (raises :class:`GenotypeError` if a cell is dead)."""
-        return Genotype(normal=point["normal"], reduce=point["reduce"], nodes=self.nodes)
+        return Genotype(
+            normal=tuple(point["normal"]), reduce=tuple(point["reduce"]), nodes=self.nodes
+        )
 
     def genotype_from_params(self, params: dict[str, Any]) -> Genotype:
         """Invert :meth:`suggest`: Optuna's flat params -> the genotype."""

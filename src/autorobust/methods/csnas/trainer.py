@@ -74,7 +74,8 @@ class DartsTrainer(Trainer):
     def extra_metrics(self, train: LabeledImages) -> dict[str, Any]:
         """``{"params", "multiply_adds", "genotype"}`` of the trained network (one image)."""
         model: DartsNetwork = self.model  # type: ignore[assignment]
-        cost = model_cost(model, tuple(self.train_images.shape[1:]))
+        _, channels, height, width = self.train_images.shape
+        cost = model_cost(model, (channels, height, width))
         return {**cost.to_dict(), "genotype": model.genotype.to_dict()}
 
 

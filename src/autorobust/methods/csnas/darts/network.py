@@ -175,9 +175,9 @@ class DartsNetwork(Classifier):
 
     def forward_with_auxiliary(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Logits (B, K) and, in training mode with an auxiliary head, its logits (B, K)."""
-        want_aux = self.training and self.auxiliary_head is not None
-        features, aux_map = self._backbone(x, want_aux=want_aux)
-        aux_logits = self.auxiliary_head(aux_map) if want_aux else None
+        aux_head = self.auxiliary_head if self.training else None
+        features, aux_map = self._backbone(x, want_aux=aux_head is not None)
+        aux_logits = None if aux_head is None else aux_head(aux_map)
         return self.forward_head(features), aux_logits
 
 
