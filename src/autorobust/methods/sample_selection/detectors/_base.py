@@ -34,6 +34,15 @@ class Detector(ABC):
                 "given"
             )
 
+    def _required(self, array: np.ndarray | None, name: str) -> np.ndarray:
+        """The probe's array ``name`` (passed as ``array``), refused as :meth:`check` refuses it
+        when it was not given; narrows the optional attribute for the type checker."""
+        if array is None:
+            raise ConfigError(
+                f"detector {self.name!r} needs the probe's {name}, which were not given"
+            )
+        return array
+
     @abstractmethod
     def observed_scores(self, probe: ProbeOutputs) -> np.ndarray:
         """Clean score of every pool sample's observed label, float64 (N,)."""

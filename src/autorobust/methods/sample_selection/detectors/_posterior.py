@@ -39,7 +39,7 @@ class PosteriorDetector(Detector):
 
     def candidate_scores(self, probe: ProbeOutputs, labels: np.ndarray) -> np.ndarray:
         self.check(probe)
-        return _pick(log_softmax(probe.logits), np.asarray(labels))
+        return _pick(log_softmax(self._required(probe.logits, "logits")), np.asarray(labels))
 
     def meta_scores(self, probe: ProbeOutputs) -> np.ndarray | None:
         if probe.meta_logits is None:

@@ -106,15 +106,19 @@ class PrototypeDetector(Detector):
 
     def candidate_scores(self, probe: ProbeOutputs, labels: np.ndarray) -> np.ndarray:
         self.check(probe)
-        prototypes = class_prototypes(probe.meta_features, probe.meta_labels, probe.num_classes)
-        similarities = prototype_similarities(probe.features, prototypes)
+        meta_features = self._required(probe.meta_features, "meta_features")
+        prototypes = class_prototypes(meta_features, probe.meta_labels, probe.num_classes)
+        similarities = prototype_similarities(
+            self._required(probe.features, "features"), prototypes
+        )
         return _label_scores(similarities, np.asarray(labels), self.margin)
 
     def meta_scores(self, probe: ProbeOutputs) -> np.ndarray:
         self.check(probe)
         k, labels = probe.num_classes, probe.meta_labels
-        f = normalize_rows(probe.meta_features)
-        prototypes = class_prototypes(probe.meta_features, labels, k)
+        meta_features = self._required(probe.meta_features, "meta_features")
+        f = normalize_rows(meta_features)
+        prototypes = class_prototypes(meta_features, labels, k)
         similarities = f @ prototypes.T
         sums = np.zeros((k, f.shape[1]))
         np.add.at(sums, labels, f)

@@ -38,7 +38,8 @@ class SmallLossDetector(Detector):
         self.check(probe)
         if probe.losses is not None:
             return -probe.losses
-        return self._cross_entropy_scores(probe.logits, probe.labels)
+        # check(): without losses, the logits were given
+        return self._cross_entropy_scores(self._required(probe.logits, "logits"), probe.labels)
 
     def candidate_scores(self, probe: ProbeOutputs, labels: np.ndarray) -> np.ndarray | None:
         if probe.losses is not None or probe.logits is None:

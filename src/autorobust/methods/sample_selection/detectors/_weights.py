@@ -26,4 +26,4 @@ class WeightsDetector(Detector):
 
     def observed_scores(self, probe: ProbeOutputs) -> np.ndarray:
         self.check(probe)
-        return probe.weights.copy()
+        return self._required(probe.weights, "weights").copy()
