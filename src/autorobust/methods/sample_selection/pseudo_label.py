@@ -243,28 +243,41 @@ class PseudoLabelTrainer(Trainer):
         """int64 (K,): the class counts of the loss in the epoch of ``step`` under ``prior:
         labels_and_pseudo_labels``: n_c + round((lambda_t / mu) m_c), m_c the images
         pseudo-labelled c in the previous epoch (none in the first)."""
+        if self.label_counts is None:  # __init__ requires them for this prior
+            raise ValueError("prior_counts needs the trainer's label_counts")
         epoch = step // self._steps_per_epoch
         if epoch == 0:
             return self.label_counts.copy()
-        pseudo = self.class_counts[epoch - 1].cpu().numpy().astype(np.float64)
+        pseudo = self._counters()[1][epoch - 1].cpu().numpy().astype(np.float64)
         share = self.weight_at(step) / self.config.mu
         return self.label_counts + np.rint(share * pseudo).astype(np.int64)
 
     def _rebuild_loss(self, step: int) -> None:
+        if self.loss_factory is None:  # __init__ requires it for this prior
+            raise ValueError("rebuilding the loss needs the trainer's loss_factory")
         self.loss = self.loss_factory(self.prior_counts(step)).to(self.device)
         self.loss.on_epoch_start(step // self._steps_per_epoch, self.settings.epochs)
 
     def _record(self, step: int, pick: Tensor, labels: Tensor, mask: Tensor) -> None:
         epoch = step // self._steps_per_epoch
-        row = self.counts[epoch]
+        counts, class_counts = self._counters()
+        row = counts[epoch]
         row[_DRAWN] += len(pick)
         row[_LABELLED] += mask.sum()
         if self.rejected_truth is not None:
             row[_CORRECT] += (mask & (labels == self.rejected_truth[pick])).sum()
-        self.class_counts[epoch] += torch.bincount(labels[mask], minlength=self._num_classes)
+        class_counts[epoch] += torch.bincount(labels[mask], minlength=self._num_classes)
+
+    def _counters(self) -> tuple[Tensor, Tensor]:
+        """The per-epoch counts int64 (E, 3) and pseudo-label class counts int64 (E, K), made by
+        :meth:`on_fit_start` (or restored by :meth:`load_extra_state`)."""
+        if self.counts is None or self.class_counts is None:
+            raise RuntimeError("PseudoLabelTrainer: no pseudo-label counts before fit() starts")
+        return self.counts, self.class_counts
 
     def extra_state(self) -> dict[str, Any]:
-        return {"counts": self.counts.cpu(), "class_counts": self.class_counts.cpu()}
+        counts, class_counts = self._counters()
+        return {"counts": counts.cpu(), "class_counts": class_counts.cpu()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.counts = state["counts"].to(self.device)
@@ -291,7 +304,7 @@ class PseudoLabelTrainer(Trainer):
             "rampup_epochs": self.config.rampup_epochs,
             "per_epoch": [],
         }
-        if self.counts is None:
+        if self.counts is None or self.class_counts is None:  # set together by on_fit_start
             return result
         counts, class_counts = self.counts.cpu().numpy(), self.class_counts.cpu().numpy()
         known = self.rejected_clean_labels is not None
