@@ -48,7 +48,8 @@ def _relabel_file(path: Path, drop_fraction: float = 0.3) -> Path:
 
 
 class TestPseudoLabel(TrainingMethodTests):
-    """Exact resume, determinism and foreign checkpoints, with a linear ramp-up of lambda."""
+    """Exact resume, determinism and foreign checkpoints, with a linear ramp-up of lambda and the
+    loss rebuilt every epoch with the pseudo-labels' counts (the default prior)."""
 
     config_name = "demo"
     overrides = (*SMALL, "pseudo_label.rampup_epochs=1")
@@ -85,20 +86,26 @@ class TestPseudoLabel(TrainingMethodTests):
             if count:
                 assert 0.0 <= epoch["pseudo_label_accuracy"] <= 1.0
         assert labelled > 0, "the test's threshold let no pseudo-label through"
+        # The last epoch's loss counted the labels and the previous epoch's pseudo-labels, at
+        # full weight after the one-epoch ramp-up (lambda = 1, mu = 1).
+        last = method["per_epoch"][-2]["pseudo_label_class_counts"]
+        assert sum(last) > 0
+        expected = splits.train_class_counts + np.asarray(last)
+        assert method["last_epoch_prior_counts"] == expected.tolist()
 
 
-class TestPseudoLabelPrior(TestPseudoLabel):
-    """The same contract when the loss is rebuilt every epoch with the pseudo-labels' counts."""
+class TestPseudoLabelLabelsPrior(TrainingMethodTests):
+    """The same contract with the labels' counts only and two rejected images per labelled one."""
 
-    overrides = (*SMALL, "pseudo_label.prior=labels_and_pseudo_labels", "pseudo_label.mu=2")
+    config_name = "demo"
+    overrides = (*SMALL, "pseudo_label.prior=labels", "pseudo_label.mu=2")
+    method_config = TestPseudoLabel.method_config
 
-    def test_pseudo_labels_are_trained_on_and_reported(self, method_config, tmp_path) -> None:
+    def test_twice_the_images_are_drawn_and_the_prior_is_fixed(self, method_config, tmp_path):
         splits = build_splits(method_config)
         method = self._run(method_config, splits, tmp_path / "run").metrics["method"]
-        last = method["per_epoch"][-2]["pseudo_label_class_counts"]  # of the last epoch's prior
-        assert sum(last) > 0
-        expected = splits.train_class_counts + np.rint(np.asarray(last) / 2.0).astype(np.int64)
-        assert method["last_epoch_prior_counts"] == expected.tolist()
+        assert [e["drawn"] for e in method["per_epoch"]] == [2 * len(splits.train)] * self.epochs
+        assert "last_epoch_prior_counts" not in method
 
 
 # ---------------------------------------------------------------- the loss, by hand

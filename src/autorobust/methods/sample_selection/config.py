@@ -86,9 +86,12 @@ class PseudoLabelConfig(StrictModel):
     strong_cutout: float = Field(0.5, ge=0.0, le=1.0)
     """Side of the strong view's cutout square as a fraction of the image's shorter side (the
     usual FixMatch implementations: 16 of 32 pixels); 0: none."""
-    prior: Literal["labels", "labels_and_pseudo_labels"] = "labels"
+    prior: Literal["labels", "labels_and_pseudo_labels"] = "labels_and_pseudo_labels"
     """The class counts a prior-based loss (logit adjustment, ...) is built with: those of the
-    labels (``labels``), or those plus the pseudo-labels of the previous epoch, each weighing
-    ``weight / mu`` of a labelled sample, as it does in the loss (``labels_and_pseudo_labels``):
-    the counts of everything the loss trains on, so that the classes the pseudo-labels favour are
-    adjusted for too."""
+    labels plus the pseudo-labels of the previous epoch, each weighing ``weight / mu`` of a
+    labelled sample, as it does in the loss (``labels_and_pseudo_labels``: the counts of
+    everything the loss trains on), or those of the labels alone (``labels``). Measured on
+    Fashion-MNIST, rho = 100, 40% symmetric noise, 3 seeds (``benchmarks/pseudo_label.py``):
+    the same balanced accuracy (77.3% both), worst class 37.0% against 26.9%, because the
+    pseudo-labels pile up in a few classes (trouser, dress) that the labels' counts do not
+    adjust for."""
