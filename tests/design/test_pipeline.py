@@ -155,3 +155,22 @@ def test_a_fixed_design_with_leave_one_out_retrainings(tmp_path: Path) -> None:
     assert (tmp_path / "f" / "leave_one_out" / "selection" / "metrics.json").is_file()
     assert "## Leave-one-out retrainings" in outcome.report.read_text()
     assert not (tmp_path / "f" / "study.db").exists()  # a fixed design runs no study
+
+
+def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> None:
+    """The design applies a selection to the splits in memory; a user training the same config
+    from the command line builds them from the file: both must be the same data."""
+    config = _config(tmp_path / "s")
+    state = pipeline.DesignRun(config, build_splits(config), tmp_path / "s", 2, 2)
+    pipeline._run_probe(state)
+    design = dataclasses.replace(REFERENCE_DESIGNS[3], pseudo_label=True)
+    in_memory, relabel_file = pipeline._design_splits(state, design)
+    built = build_splits(
+        design_run_config(config, design, epochs=2, run_dir=tmp_path / "x",
+                          relabel_file=relabel_file)
+    )  # fmt: skip
+    assert np.array_equal(in_memory.train.labels, built.train.labels)
+    assert np.array_equal(in_memory.train.source_index, built.train.source_index)
+    assert np.array_equal(in_memory.train_class_counts, built.train_class_counts)
+    assert len(in_memory.rejected.images) == len(built.rejected.images) > 0
+    assert in_memory.relabel == built.relabel

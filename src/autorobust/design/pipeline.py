@@ -35,7 +35,7 @@ import numpy as np
 from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.relabel import read_relabel_file
-from autorobust.data.splits import Splits, apply_relabel
+from autorobust.data.splits import Splits, apply_relabel, rejected_samples
 from autorobust.data.tensors import images_to_tensor, resolve_device
 from autorobust.design.scoring import (
     ScoredDesign,
@@ -299,10 +299,13 @@ def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | Non
             path=path,
             clean_labels=state.splits.train.clean_labels,
         )
-    pool, summary = apply_relabel(
-        state.splits.train, read_relabel_file(path), state.splits.class_names
+    relabel = read_relabel_file(path)
+    pool, summary = apply_relabel(state.splits.train, relabel, state.splits.class_names)
+    rejected = rejected_samples(state.splits.train, relabel)  # for the pseudo-label loss
+    return (
+        dataclasses.replace(state.splits, train=pool, relabel=summary, rejected=rejected),
+        path,
     )
-    return dataclasses.replace(state.splits, train=pool, relabel=summary), path
 
 
 def _meta_losses(config: ExperimentConfig, splits: Splits) -> np.ndarray:
