@@ -15,9 +15,9 @@ import sqlalchemy
 import sqlalchemy.exc
 
 from autorobust.errors import AutorobustError, ConfigError, UnknownNameError
+from autorobust.search._storage import is_creation_race
 from autorobust.search.runner import (
     SearchSettings,
-    _is_creation_race,
     best_trial_summary,
     create_sampler,
     open_study,
@@ -344,9 +344,9 @@ def test_creation_races_are_told_from_other_errors(tmp_path: Path) -> None:
     missing = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
     with pytest.raises(sqlalchemy.exc.OperationalError) as unreachable, missing.connect():
         pass
-    assert _is_creation_race(exists.value)
-    assert _is_creation_race(duplicate.value)
-    assert not _is_creation_race(unreachable.value)
+    assert is_creation_race(exists.value)
+    assert is_creation_race(duplicate.value)
+    assert not is_creation_race(unreachable.value)
 
 
 def test_directions_mismatch_is_a_config_error(tmp_path: Path) -> None:

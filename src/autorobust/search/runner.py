@@ -36,14 +36,10 @@ one-line ones; the tracebacks of failed trials are logged at DEBUG on this modul
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
 import json
 import logging
 import math
-import os
 import random
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,10 +53,28 @@ import sqlalchemy.engine
 import sqlalchemy.event
 import sqlalchemy.exc
 import sqlalchemy.pool
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from autorobust.errors import AutorobustError, ConfigError, UnknownNameError
+from autorobust.search._storage import (
+    FAIL_REASON_ATTR,
+    OPEN_ATTEMPTS,
+    RESUMED_FROM_ATTR,
+    HeartbeatFromStartStorage,
+    driver_error,
+    is_creation_race,
+    make_storage,
+    one_line,
+    open_lock,
+    parse_url,
+    redact_url,
+    storage_error,
+)
+from autorobust.search._trial_dirs import (
+    remove_partial_writes,
+    retried_trial_numbers,
+    take_over_trial_dir,
+)
 from autorobust.search.samplers import (
     TrialSeededSampler,
     create_pruner,
@@ -87,10 +101,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-FAIL_REASON_ATTR = "fail_reason"
-"""User attribute holding the one-line reason a trial failed."""
-RESUMED_FROM_ATTR = "resumed_from_trial"
-"""User attribute of a retried trial: the number of the dead trial whose folder it took over."""
 SPACE_ATTR = "search_space"  # study user attribute: the space the study was created over
 
 Direction = Literal["maximize", "minimize"]
@@ -235,315 +245,6 @@ class SearchSettings:
         return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def _engine_kwargs(url: sqlalchemy.engine.URL) -> dict[str, Any]:
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        # Several local workers may share one SQLite file: wait for its lock instead of failing.
-        return {"connect_args": {"timeout": 30}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}  # long trials outlive idle connections
-    if backend == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
-        # Fail within seconds, not minutes, when the host does not answer.
-        kwargs["connect_args"] = {"connect_timeout": 10}
-    return kwargs
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _storage_error(url: str, error: BaseException) -> AutorobustError:
-    cause = getattr(error, "orig", None) or error
-    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    password = _password(url)
-    if password:
-        detail = detail.replace(password, "***")
-    return AutorobustError(f"cannot open study storage {redact_url(url)}: {_one_line(detail)}")
-
-
-def _password(url: str) -> str | None:
-    try:
-        return sqlalchemy.engine.make_url(url).password
-    except sqlalchemy.exc.ArgumentError:
-        return None
-
-
-def _dead_worker_reason(grace: int) -> str:
-    return f"worker stopped sending heartbeats (killed?): none for more than {grace} s"
-
-
-class _HeartbeatFromStartStorage(optuna.storages.RDBStorage):
-    """An ``RDBStorage`` that records a trial's first heartbeat as soon as it starts running.
-
-    Optuna starts a trial's heartbeat thread only after ``study.ask()`` has sampled it, and never
-    declares a trial without any heartbeat stale. A worker killed (or interrupted) inside ``ask``
-    would leave a RUNNING trial forever, and the other workers, which count RUNNING trials as
-    holding the budget, would wait forever. Recording the heartbeat on the state change closes
-    that window: every dead trial goes stale after ``grace_period``.
-
-    It also gives a stale trial its fail reason before Optuna fails it (the attributes of a
-    finished trial can no longer be set), and reports how old each running trial's last heartbeat
-    is (:meth:`heartbeat_ages`).
-    """
-
-    # Optuna's public ``create_new_trial`` and its study cache both go through this method.
-    def _create_new_trial(
-        self, study_id: int, template_trial: FrozenTrial | None = None
-    ) -> FrozenTrial:
-        trial = super()._create_new_trial(study_id, template_trial)
-        if trial.state == TrialState.RUNNING:
-            self.record_heartbeat(trial._trial_id)
-        return trial
-
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool:
-        changed = super().set_trial_state_values(trial_id, state, values)
-        if changed and state == TrialState.RUNNING:  # a queued trial was taken
-            self.record_heartbeat(trial_id)
-        return changed
-
-    @property
-    def grace_seconds(self) -> int:
-        """Seconds without a heartbeat after which a running trial is stale."""
-        assert self.heartbeat_interval is not None
-        return self.grace_period or 2 * self.heartbeat_interval
-
-    # Called by ``optuna.storages.fail_stale_trials``, which then sets each returned trial FAIL.
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
-        reason = _dead_worker_reason(self.grace_seconds)
-        for trial_id in stale:
-            # Another worker may have failed it meanwhile; its reason is then already set.
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
-        return stale
-
-    def heartbeat_ages(self, study_id: int) -> dict[int, float | None]:
-        """Seconds since the last heartbeat of each RUNNING trial of the study, by trial number.
-
-        Measured with the database's clock, as Optuna's staleness check is; None for a trial
-        that has sent none yet.
-        """
-        # Optuna's tables, read the way its own `_get_stale_trial_ids` reads them.
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
-            now = session.execute(sqlalchemy.func.now()).scalar()
-            rows = (
-                session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
-                .outerjoin(
-                    models.TrialHeartbeatModel,
-                    models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
-                )
-                .filter(models.TrialModel.study_id == study_id)
-                .filter(models.TrialModel.state == TrialState.RUNNING)
-                .all()
-            )
-        assert now is not None
-        now = now.replace(tzinfo=None)  # PostgreSQL returns an aware time, SQLite a naive one
-        return {
-            number: None
-            if beat is None
-            else max(0.0, (now - beat.replace(tzinfo=None)).total_seconds())
-            for number, beat in rows
-        }
-
-
-class _RetryDeadTrial(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a heartbeat-stale trial, logged, without the dead trial's fail reason.
-
-    Optuna's callback copies the dead trial's user attributes to the copy it queues; the copy
-    must not start out carrying the reason its predecessor failed.
-    """
-
-    def __init__(self, max_retry: int) -> None:
-        super().__init__(max_retry=max_retry)
-        self.max_retry = max_retry
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = trial.user_attrs.get(FAIL_REASON_ATTR, "worker stopped sending heartbeats")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            attempt = len(self.retry_history(trial)) + 1
-        trial = copy.copy(trial)
-        inherited = (FAIL_REASON_ATTR, RESUMED_FROM_ATTR)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in inherited}
-        super().__call__(study, trial)
-        if attempt <= self.max_retry:
-            _LOG.warning(
-                "trial %d failed: %s; queued a copy with the same parameters (retry %d of %d)",
-                trial.number, reason, attempt, self.max_retry,
-            )  # fmt: skip
-        else:
-            _LOG.warning(
-                "trial %d failed: %s; not retried (max_retry %d reached)",
-                trial.number, reason, self.max_retry,
-            )  # fmt: skip
-
-
-def _parse_url(url: str) -> sqlalchemy.engine.URL:
-    try:
-        return sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise ConfigError(
-            "storage: expected an SQLAlchemy URL such as sqlite:///study.db or "
-            f"postgresql+psycopg://user:password@host/db, got {redact_url(url)!r}"
-        ) from None
-
-
-def _make_storage(
-    url: str, parsed: sqlalchemy.engine.URL, settings: SearchSettings
-) -> _HeartbeatFromStartStorage:
-    with warnings.catch_warnings():
-        # Heartbeats and retries are marked experimental by Optuna; we rely on them knowingly.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = _HeartbeatFromStartStorage(
-            url,
-            engine_kwargs=_engine_kwargs(parsed),
-            heartbeat_interval=settings.heartbeat_interval,
-            grace_period=settings.grace_period,
-            heartbeat_stale_trial_callback=_RetryDeadTrial(settings.max_retry),
-        )
-    if parsed.get_backend_name() == "sqlite":
-        _serialise_sqlite_transactions(storage.engine)
-    return storage
-
-
-def _driver_error(parsed: sqlalchemy.engine.URL, error: ImportError) -> AutorobustError:
-    safe = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() == "postgresql":
-        return AutorobustError(
-            f"storage {safe}: the PostgreSQL driver is not installed; run "
-            'pip install "autorobust[postgres]" and use a postgresql+psycopg:// URL'
-        )
-    return AutorobustError(
-        f"storage {safe}: the Python driver for {parsed.drivername!r} is not installed"
-        f" ({_one_line(str(error.__cause__ or error))})"
-    )
-
-
-def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
-    """Make every transaction on ``engine`` take SQLite's write lock when it begins.
-
-    Optuna's read-check-write steps (failing a stale trial, popping a queued trial) lock the row
-    with ``SELECT ... FOR UPDATE``, which SQLite ignores: two local workers could both fail one
-    stale trial (queueing two retries) or both pop one queued trial. ``BEGIN IMMEDIATE`` makes
-    such transactions run one at a time across processes; the SQLite ``timeout`` makes the others
-    wait for the lock. (SQLAlchemy's documented pysqlite recipe.)
-    """
-
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # stop pysqlite from issuing its own BEGIN
-
-    def on_begin(connection: sqlalchemy.engine.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    sqlalchemy.event.listen(engine, "connect", on_connect)
-    sqlalchemy.event.listen(engine, "begin", on_begin)
-    engine.dispose()  # connections opened by Optuna's setup predate the listeners
-
-
-# What two workers opening one fresh storage at the same moment can still get, for instance on a
-# database without our open lock: both create the tables (PostgreSQL: a unique violation in
-# pg_type; SQLite: "table ... already exists"), both stamp the schema version, or both insert the
-# study. The loser opens again and finds what the winner created.
-_CREATION_RACE = re.compile(
-    r"already exists|duplicate key|unique constraint|UNIQUE constraint failed", re.IGNORECASE
-)
-_OPEN_ATTEMPTS = 6
-# Key of the PostgreSQL advisory lock held while a worker opens a study (any 64-bit integer that
-# other applications sharing the database are unlikely to use).
-_OPEN_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"autorobust.search.runner.open_study").digest()[:8], "big", signed=True
-)
-_OPEN_LOCK_TIMEOUT_S = 120
-
-
-def _is_creation_race(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from, is a concurrent creation's conflict."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(
-            seen, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
-        ) and _CREATION_RACE.search(str(seen)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-@contextlib.contextmanager
-def _open_lock(parsed: sqlalchemy.engine.URL) -> Iterator[None]:
-    """Hold, for the ``with`` block, the lock every worker takes to open a study on the storage.
-
-    With it, one worker at a time creates the tables, stamps the schema version, creates the
-    study and enqueues its first trial; the others then find them. PostgreSQL: a session
-    advisory lock, released when its connection closes, however the process ends. SQLite: an
-    ``flock`` on the database file's folder (SQLite's own locks are POSIX locks on the file,
-    which an ``flock`` does not touch). Other databases: no lock; the open is retried instead.
-    """
-    backend = parsed.get_backend_name()
-    if backend == "postgresql":
-        engine = sqlalchemy.create_engine(
-            parsed, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(parsed)
-        )
-        try:
-            with engine.connect() as connection:
-                connection.execute(sqlalchemy.text(f"SET lock_timeout = '{_OPEN_LOCK_TIMEOUT_S}s'"))
-                connection.execute(
-                    sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _OPEN_LOCK_KEY}
-                )
-                connection.commit()
-                yield
-        finally:
-            engine.dispose()
-        return
-    database = parsed.database or ""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None  # type: ignore[assignment]
-    if (
-        backend != "sqlite"
-        or fcntl is None
-        or database in ("", ":memory:")
-        or "mode=memory" in str(parsed)
-    ):
-        yield
-        return
-    folder = Path(database).parent
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        yield  # SQLite reports the unusable path itself, naming it
-        return
-    try:
-        deadline = time.monotonic() + _OPEN_LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise AutorobustError(
-                        f"{folder}: another process has been opening a study there for "
-                        f"{_OPEN_LOCK_TIMEOUT_S} s; is it stuck?"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(descriptor)  # releases the flock
-
-
 def _create_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
     def build(seed: int | None) -> optuna.samplers.BaseSampler:
         return create_sampler(
@@ -586,7 +287,7 @@ def open_study(
     ``grace_period``) and a retry callback: a trial whose worker died is marked FAIL by the next
     worker that checks and re-queued with the same parameters, at most ``max_retry`` times.
     Workers may open a fresh storage at the same instant: the schema, the study and the first
-    trial are created once (see :func:`_open_lock`), and an open that loses a creation race
+    trial are created once (see :func:`open_lock`), and an open that loses a creation race
     anyway is retried.
 
     Args:
@@ -606,15 +307,15 @@ def open_study(
     url = settings.storage_url(Path(run_dir))
     if settings.storage is None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-    parsed = _parse_url(url)
+    parsed = parse_url(url)
     jitter = random.Random()  # spreads the retries of racing workers; not part of any result
     with _quiet_optuna():
-        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
-                with _open_lock(parsed):
-                    return _open_locked(url, parsed, settings, first_params)
+                with open_lock(parsed):
+                    return open_locked(url, parsed, settings, first_params)
             except ImportError as error:
-                raise _driver_error(parsed, error) from error
+                raise driver_error(parsed, error) from error
             except sqlalchemy.exc.NoSuchModuleError:
                 raise ConfigError(
                     f"storage: unknown database kind {parsed.drivername!r} in "
@@ -625,20 +326,26 @@ def open_study(
                 sqlalchemy.exc.SQLAlchemyError,
                 optuna.exceptions.StorageInternalError,
             ) as error:
-                if attempt == _OPEN_ATTEMPTS or not _is_creation_race(error):
-                    raise _storage_error(url, error) from error
+                if attempt == OPEN_ATTEMPTS or not is_creation_race(error):
+                    raise storage_error(url, error) from error
                 _LOG.debug("opening %s raced another worker (%s); again", redact_url(url), error)
                 time.sleep(jitter.uniform(0.05, 0.25) * attempt)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _open_locked(
+def open_locked(
     url: str,
     parsed: sqlalchemy.engine.URL,
     settings: SearchSettings,
     first_params: Mapping[str, Any] | None,
 ) -> optuna.Study:
-    storage = _make_storage(url, parsed, settings)
+    storage = make_storage(
+        url,
+        parsed,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        max_retry=settings.max_retry,
+    )
     study = optuna.create_study(
         storage=storage,
         sampler=_create_sampler(settings),
@@ -742,7 +449,7 @@ class _GuardedObjective:
             trial.set_user_attr(FAIL_REASON_ATTR, "interrupted (KeyboardInterrupt)")
             raise
         except Exception as error:
-            self._record_failure(trial, _one_line(f"{type(error).__name__}: {error}"))
+            self._record_failure(trial, one_line(f"{type(error).__name__}: {error}"))
             _LOG.debug("traceback of failed trial %d", trial.number, exc_info=True)
             raise
         reason = _invalid_result_reason(result, self.n_objectives)
@@ -817,10 +524,10 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _heartbeat_storage(study: optuna.Study) -> _HeartbeatFromStartStorage | None:
+def _heartbeat_storage(study: optuna.Study) -> HeartbeatFromStartStorage | None:
     # Optuna wraps the storage it was given in a cache; the heartbeats live in the one below.
     storage = getattr(study._storage, "_backend", study._storage)
-    return storage if isinstance(storage, _HeartbeatFromStartStorage) else None
+    return storage if isinstance(storage, HeartbeatFromStartStorage) else None
 
 
 class _WaitLog:
@@ -948,76 +655,6 @@ def run_study(
             guarded.fail_current_trial()
             raise
     return study
-
-
-def retried_trial_numbers(trial: optuna.Trial) -> list[int]:
-    """Numbers of the dead trials that ``trial`` re-runs, oldest first; empty if not a retry.
-
-    A retry of a retry lists both: the original trial first, the trial it directly repeats last
-    (Optuna's ``retry_history``).
-    """
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return list(RetryHeartbeatStaleTrialCallback.retry_history(frozen))
-
-
-# autorobust._io.atomic_write writes `.NAME.RANDOM.tmp` beside its target and renames it; a
-# process killed in between leaves the partial file behind.
-PARTIAL_WRITE_GLOB = ".*.tmp"
-
-
-def remove_partial_writes(folder: Path) -> list[Path]:
-    """Delete the temporary files of interrupted atomic writes under ``folder``; return them."""
-    removed = []
-    for path in sorted(Path(folder).rglob(PARTIAL_WRITE_GLOB)):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def take_over_trial_dir(
-    trial: optuna.Trial, directory: Path, dir_of: Callable[[int], Path]
-) -> int | None:
-    """Give a retried trial the folder of the dead trial it repeats, so that it can resume there.
-
-    When ``trial`` re-runs trials whose workers died (see :func:`retried_trial_numbers`) and
-    ``directory`` does not exist yet, the newest of their folders ``dir_of(number)`` that exists
-    is renamed to ``directory``: the objective then finds the dead trial's checkpoint in its own
-    folder. The number taken over is stored in the user attribute ``"resumed_from_trial"``.
-    Partial files of writes the dead worker never finished (``.*.tmp``) are deleted from
-    ``directory`` either way.
-
-    Args:
-        trial: the running trial.
-        directory: the folder of ``trial``'s run.
-        dir_of: the folder of the trial with a given number.
-
-    Returns:
-        The number of the dead trial whose folder was taken over, or None.
-    """
-    directory = Path(directory)
-    taken = None
-    if not directory.exists():
-        for number in reversed(retried_trial_numbers(trial)):
-            source = Path(dir_of(number))
-            if not source.is_dir():
-                continue
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                source.rename(directory)
-            except FileNotFoundError:  # gone meanwhile: nothing to resume from
-                continue
-            taken = number
-            break
-    if taken is not None:
-        trial.set_user_attr(RESUMED_FROM_ATTR, taken)
-        _LOG.info("trial %d resumes in the folder of dead trial %d", trial.number, taken)
-    if directory.is_dir():
-        for path in remove_partial_writes(directory):
-            _LOG.info("trial %d: removed a partial write %s", trial.number, path)
-    return taken
 
 
 def study_state_counts(study: optuna.Study) -> dict[str, int]:
