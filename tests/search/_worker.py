@@ -3,7 +3,7 @@
 Usage: ``python _worker.py URL STUDY N_TRIALS ROOT [--seed S] [--block]``. The worker imports
 everything, prints ``ready`` and waits for a line on stdin: the test releases all workers at the
 same instant by writing ``go`` to each. Then it runs :func:`autorobust.search.runner.run_study`
-with 1 s heartbeats and a 2 s grace period on a small numpy objective that trains like a model:
+with 1 s heartbeats and a 5 s grace period on a small numpy objective that trains like a model:
 :data:`EPOCHS` epochs of gradient descent on a quadratic, checkpointed after every epoch in the
 trial's folder under ``ROOT/trials`` (with :func:`autorobust._io.write_json`, an atomic write), so
 that a retried trial resumes where its dead predecessor stopped. Every worker passes the same
@@ -42,6 +42,7 @@ EPOCHS = 3
 STEPS_PER_EPOCH = 50
 FIRST = {"x": 1.5, "y": -1.5}
 CHECKPOINT = "checkpoint.json"
+GRACE_S = 5
 
 
 def _quadratic() -> np.ndarray:
@@ -125,7 +126,9 @@ def main() -> None:
         n_startup_trials=4,
         pruner="none",
         heartbeat_interval=1,
-        grace_period=2,
+        # Long enough that a worker slowed down by a loaded machine (its heartbeat thread starved,
+        # the database busy) is not taken for dead: 2 s made the tests flaky under load.
+        grace_period=GRACE_S,
     )
     print("ready", flush=True)
     sys.stdin.readline()  # the start signal: every worker gets it at the same moment

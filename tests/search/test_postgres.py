@@ -146,7 +146,7 @@ def _check_killed(trials: list[optuna.trial.FrozenTrial], killed_number: int, ro
     killed = trials[killed_number]
     assert killed.state == TrialState.FAIL
     assert killed.user_attrs["fail_reason"] == (
-        "worker stopped sending heartbeats (killed?): none for more than 2 s"
+        f"worker stopped sending heartbeats (killed?): none for more than {worker.GRACE_S} s"
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
