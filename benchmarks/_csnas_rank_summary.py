@@ -35,6 +35,24 @@ def _accuracies(rows: list[dict], dataset: str, seeds: list[int]) -> dict[Any, l
     return {a: [s[k] for k in seeds] for a, s in per.items() if all(k in s for k in seeds)}
 
 
+def _reliability(first: list[float], second: list[float]) -> dict[str, Any]:
+    """What the seed-to-seed agreement implies, under a normal model (accuracy = the cell's
+    value + independent seed noise): r, the Pearson correlation of the two seeds; the tau-b a
+    perfect predictor would reach against the mean of the two seeds (its correlation with that
+    mean is sqrt(2r / (1 + r)), Spearman-Brown; tau = 2/pi arcsin(rho) for normal pairs); and the
+    number k of seeds per cell whose means would agree with another k seeds' means at tau 0.6
+    (reliability k r / (1 + (k - 1) r) >= sin(0.3 pi))."""
+    r = float(np.corrcoef(first, second)[0, 1])
+    if not np.isfinite(r) or r <= 0:
+        return {"seed_pearson_r": r, "perfect_tau_vs_mean": None, "seeds_for_ceiling_0.6": None}
+    target = np.sin(0.3 * np.pi)
+    return {
+        "seed_pearson_r": r,
+        "perfect_tau_vs_mean": float(2 / np.pi * np.arcsin(np.sqrt(2 * r / (1 + r)))),
+        "seeds_for_ceiling_0.6": int(np.ceil(target * (1 - r) / (r * (1 - target)))),
+    }
+
+
 def _entry(name: str, score: dict, accuracy: dict, **extra: Any) -> dict:
     """tau-b of ``score`` (higher = predicted better) against the mean accuracy, its interval,
     and the mean accuracy of the cell with the highest score."""
@@ -84,6 +102,7 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
                 "accuracy_range": [min(means.values()), max(means.values())],
                 "best": max(means.values()),
                 "median": float(np.median(list(means.values()))),
+                **_reliability(first, second),
             }
             c = item["ceiling"]
             rank_lines.append(
@@ -167,6 +186,7 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
         "% of contrastive: that time over the contrastive fitness's. Picked cell: the mean "
         "accuracy of the cell the fitness ranks first.\n\n" + "\n".join(rank_lines)
     )
+    md += "\n\n" + "\n".join(_ceiling_notes(summary, seeds))
     md += "\n\nSearches (the best cell of each, trained like the random cells):\n\n"
     md += "\n".join(search_lines)
     md += "\n\nTargets: " + (
@@ -178,6 +198,26 @@ def summarise(rows: list[dict], settings: dict) -> tuple[dict, str]:
         or "not measured"
     )
     return summary, md
+
+
+def _ceiling_notes(summary: dict, seeds: list[int]) -> list[str]:
+    notes = []
+    for dataset, item in summary["datasets"].items():
+        c = item.get("ceiling")
+        if c is None:
+            continue
+        low, high = c["accuracy_range"]
+        k = c["seeds_for_ceiling_0.6"]
+        notes.append(
+            f"- {dataset}: {item['cells']} cells, mean accuracies {100 * low:.1f}–{100 * high:.1f}%"
+            f" (sd {100 * c['cell_sd']:.2f} points), seed-to-seed sd {100 * c['seed_sd']:.2f} "
+            f"points, Pearson r between the seeds {c['seed_pearson_r']:.2f}; a perfect predictor "
+            f"would reach tau-b ~{fmt(c['perfect_tau_vs_mean'], '.2f')} against the "
+            f"{len(seeds)}-seed mean; a seed-to-seed ceiling of 0.6 needs "
+            + (f"~{k} seeds per cell" if k else "more than averaging seeds can give")
+            + "."
+        )
+    return notes
 
 
 def _searches(rows, dataset, seeds, item, lines) -> None:
