@@ -27,7 +27,11 @@ REWEIGHT = "fashion-mnist-lt100-sym40-reweight"
 NUM_CLASSES = 10
 METHODS = ("ce", "la", "glc", "rolt", "mwnet_la", "autobalance", "design")
 # What the key of a unit is made of: a later run with the same key has nothing new to measure.
-KEY_FIELDS = ("method", "rho", "noise", "seed", "epochs", "n_max", "budget", "mwnet_step", "device")
+KEY_FIELDS = (
+    "method", "rho", "noise", "seed", "epochs", "n_max", "budget", "mwnet_step", "device",
+    "design_score",  # design.score of a design unit (rows without it scored the raw log-loss)
+    "reference_final",  # design.reference_final of a design unit
+)  # fmt: skip
 MWNET_STEPS = {
     # The exact MW-Net step (every parameter, every step) and the cheap one (last layer, V
     # updated every 4th step; measured 1.05-1.15x a CE epoch in benchmarks/reweighting.py).
@@ -174,7 +178,12 @@ def _run_method(job: dict[str, Any], run_dir: str) -> dict[str, Any]:
         outcome = run_design(config, fixed=_fixed_designs()[method])
         return {"metrics": outcome.retrained.metrics, "extra": _design_extra(outcome)}
     if method == "design":
-        config = load_config(BASE, [*overrides, f"design.budget={job['budget']}"])
+        design = [
+            f"design.budget={job['budget']}",
+            f"design.score={job['design_score']}",
+            f"design.reference_final={str(bool(job['reference_final'])).lower()}",
+        ]
+        config = load_config(BASE, [*overrides, *design])
         outcome = run_design(config, default_study_name="noise-aware-benchmark")
         return {"metrics": outcome.retrained.metrics, "extra": _design_extra(outcome)}
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -185,6 +194,7 @@ def _design_extra(outcome: Any) -> dict[str, Any]:
     cost = summary["cost"]
     return {
         "chosen": outcome.chosen["name"],
+        "final": outcome.final,
         "chosen_design": outcome.chosen["design"],
         "trials": len(summary["trials"]),
         "budget_used": cost.get("budget_used"),

@@ -130,6 +130,8 @@ def build_jobs(args: argparse.Namespace) -> list[dict]:
             "seed": seed,
             "budget": budget if method == "design" else None,
             "mwnet_step": args.mwnet_step if method == "mwnet_la" else None,
+            "design_score": args.design_score if method == "design" else None,
+            "reference_final": args.reference_final if method == "design" else None,
         }
 
     jobs = [
@@ -200,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         help="design budgets of the curve on rho = 100, sym40 (none: no curve)",
     )
     parser.add_argument("--mwnet-step", choices=sorted(MWNET_STEPS), default="exact")
+    parser.add_argument(
+        "--design-score",
+        choices=["calibrated_log_loss", "log_loss", "error"],
+        default="calibrated_log_loss",
+        help="design.score of the design units",
+    )
+    parser.add_argument(
+        "--reference-final",
+        action="store_true",
+        help="design.reference_final of the design units (train the reference in full too)",
+    )
     add_run_arguments(parser, RESULTS)
     parser.add_argument("--resume", action="store_true", help="skip units already in the jsonl")
     parser.add_argument(

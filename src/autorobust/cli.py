@@ -272,6 +272,8 @@ def _command_design(args: argparse.Namespace) -> int:
         retrain=not args.no_retrain,
     )
     print(f"chosen design: {outcome.chosen['name']}")
+    if outcome.final and outcome.final != outcome.chosen["name"]:
+        print(f"kept the reference design at full epochs instead: {outcome.final}")
     if outcome.retrained is not None:
         _print_test_summary("retrained design", outcome.retrained.metrics)
     print(f"wrote {outcome.report}")

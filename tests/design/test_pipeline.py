@@ -174,3 +174,31 @@ def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> No
     assert np.array_equal(in_memory.train_class_counts, built.train_class_counts)
     assert len(in_memory.rejected.images) == len(built.rejected.images) > 0
     assert in_memory.relabel == built.relabel
+
+
+def test_reference_final_compares_the_chosen_design_with_the_reference_at_full_epochs(
+    tmp_path: Path,
+) -> None:
+    config = _config(
+        tmp_path / "r",
+        "design.treatments=[selection]",  # the chosen design cannot be the reference itself
+        "design.reference_final=true",
+        "design.max_trials=2",
+        "design.budget=4",
+    )
+    outcome = run_design(config)
+    summary = json.loads((tmp_path / "r" / "design.json").read_text())
+    final = summary["final"]
+    names = {row["name"] for row in final["candidates"]}
+    assert names == {outcome.chosen["name"], REFERENCE_DESIGNS[0].describe()}
+    assert sum(row["kept"] for row in final["candidates"]) == 1
+    kept = next(row for row in final["candidates"] if row["kept"])
+    assert kept["name"] == outcome.final == summary["final_name"]
+    # The kept design's own test metrics are the outcome's, and both were trained in full.
+    metrics = json.loads((Path(kept["run_dir"]) / "metrics.json").read_text())
+    assert metrics["test"] == outcome.retrained.metrics["test"]
+    assert summary["cost"]["reference_sample_epochs"] == len(build_splits(config).train) * 6
+    assert summary["cost"]["budget_used"] <= 4.0
+    assert "### Against the reference at full epochs" in outcome.report.read_text()
+    assert summary["score"] == "calibrated_log_loss"
+    assert "calibrated balanced meta log-loss" in outcome.report.read_text()

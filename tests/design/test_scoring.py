@@ -9,9 +9,13 @@ import torch.nn.functional as F
 
 from autorobust.design.scoring import (
     ScoredDesign,
-    balanced_log_loss,
+    balanced_mean,
+    calibrated_log_loss,
     choose_within_one_standard_error,
+    fit_temperature,
     per_image_log_loss,
+    per_image_score,
+    stratified_folds,
     weighted_difference,
 )
 
@@ -24,9 +28,71 @@ def test_per_image_log_loss_is_cross_entropy() -> None:
     np.testing.assert_allclose(per_image_log_loss(logits.numpy(), labels.numpy()), expected)
 
 
-def test_balanced_log_loss_by_hand() -> None:
+def test_balanced_mean_by_hand() -> None:
     # class 0: losses 1 and 3 (mean 2); class 1: loss 5; class 2 absent -> (2 + 5) / 2.
-    assert balanced_log_loss(np.array([1.0, 3.0, 5.0]), np.array([0, 0, 1]), 3) == 3.5
+    assert balanced_mean(np.array([1.0, 3.0, 5.0]), np.array([0, 0, 1]), 3) == 3.5
+
+
+def test_stratified_folds_deal_each_class_round_robin() -> None:
+    labels = np.array([2, 0, 0, 2, 0, 1, 0])
+    # class 0 at positions 1, 2, 4, 6 -> folds 0, 1, 2, 0; class 1 -> 0; class 2 -> 0, 1.
+    np.testing.assert_array_equal(stratified_folds(labels, 3), [0, 0, 1, 1, 2, 0, 0])
+
+
+def _noisy_logits(n_per_class: int, k: int, scale: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(k), n_per_class)
+    logits = rng.normal(size=(len(labels), k))
+    logits[np.arange(len(labels)), labels] += 1.0
+    return logits * scale, labels
+
+
+def test_fit_temperature_minimises_the_balanced_log_loss_on_a_grid() -> None:
+    logits, labels = _noisy_logits(8, 4, scale=0.3)  # under-confident: T < 1 is better
+    t = fit_temperature(logits, labels, 4)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    losses = [balanced_mean(per_image_log_loss(logits / g, labels), labels, 4) for g in grid]
+    assert t == pytest.approx(grid[int(np.argmin(losses))], rel=2e-3)
+    assert t < 1.0
+
+
+def test_calibrated_log_loss_scores_each_fold_at_the_other_folds_temperature() -> None:
+    logits, labels = _noisy_logits(6, 3, scale=4.0, seed=1)
+    losses = calibrated_log_loss(logits, labels, 3, folds=3)
+    fold = stratified_folds(labels, 3)
+    for f in range(3):
+        held = fold == f
+        t = fit_temperature(logits[~held], labels[~held], 3)
+        np.testing.assert_allclose(losses[held], per_image_log_loss(logits[held] / t, labels[held]))
+    # Scaling a design's logits (more or less confident, same ranking) barely moves its score;
+    # the raw log-loss moves a lot.
+    sharper = calibrated_log_loss(3.0 * logits, labels, 3, folds=3)
+    assert balanced_mean(sharper, labels, 3) == pytest.approx(
+        balanced_mean(losses, labels, 3), abs=0.02
+    )
+    raw_gap = balanced_mean(per_image_log_loss(3.0 * logits, labels), labels, 3) - balanced_mean(
+        per_image_log_loss(logits, labels), labels, 3
+    )
+    assert abs(raw_gap) > 0.5
+
+
+def test_calibrated_log_loss_fits_one_temperature_with_one_image_per_class() -> None:
+    logits, labels = _noisy_logits(1, 4, scale=2.0)
+    t = fit_temperature(logits, labels, 4)
+    np.testing.assert_allclose(
+        calibrated_log_loss(logits, labels, 4), per_image_log_loss(logits / t, labels)
+    )
+
+
+def test_per_image_error_and_unknown_score() -> None:
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    labels = np.array([0, 0, 1])
+    np.testing.assert_array_equal(per_image_score(logits, labels, 2, "error"), [0.0, 1.0, 1.0])
+    np.testing.assert_allclose(
+        per_image_score(logits, labels, 2, "log_loss"), per_image_log_loss(logits, labels)
+    )
+    with pytest.raises(ValueError, match="unknown meta score 'accuracy'"):
+        per_image_score(logits, labels, 2, "accuracy")  # type: ignore[arg-type]
 
 
 def test_paired_difference_and_its_standard_error_by_hand() -> None:

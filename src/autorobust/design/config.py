@@ -13,11 +13,12 @@ from pydantic import Field, model_validator
 
 from autorobust._strict import StrictModel
 
-__all__ = ["DesignConfig"]
+__all__ = ["DesignConfig", "MetaScore"]
 
 Treatment = Literal["none", "transition", "selection", "mwnet"]
 LossFamily = Literal["cross_entropy", "logit_adjustment", "autobalance"]
 Detector = Literal["posterior", "prototype", "small_loss"]
+MetaScore = Literal["calibrated_log_loss", "log_loss", "error"]
 
 
 class DesignConfig(StrictModel):
@@ -77,6 +78,17 @@ class DesignConfig(StrictModel):
     correction)."""
     noise_estimator: Literal["glc", "confusion"] = "confusion"
     """How the transition matrix is estimated from the probe (methods/glc)."""
+    score: MetaScore = "calibrated_log_loss"
+    """How a design is scored on the clean meta set (lower is better; design/scoring.py): the
+    balanced log-loss after a temperature fitted on the other meta images (default: smooth, and
+    blind to how confident a design is, which the raw ``log_loss`` rewards in designs trained on
+    cleaner labels), or the 0/1 balanced ``error``."""
+    reference_final: bool = False
+    """Also train the reference design (no treatment, logit adjustment: the probe's recipe) for
+    ``train.epochs`` and keep it unless the chosen design beats it by one standard error at that
+    fidelity. Trials train for fewer epochs, which can favour designs that converge fast (such as
+    a selection, on fewer and cleaner samples); this guards against that at the cost of one more
+    full training, kept free in the budget (so budget 3 leaves almost nothing for trials: use 5)."""
     one_standard_error: bool = True
     """Keep the simplest design whose meta score is within one standard error of the best (the
     error of the paired difference over the meta images): on a small meta set most score

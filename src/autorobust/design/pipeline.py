@@ -11,11 +11,14 @@ The stages, each resumable (rerunning the command continues where it stopped):
 3. **Study.** TPE (the one search runner) proposes designs — architecture x noise treatment x loss
    family (:mod:`~autorobust.design.space`) — each trained for ``design.trial_epochs`` epochs in
    ``trials/trial-NNNN`` through :func:`~autorobust.experiment.train_run` and scored on the clean
-   meta set only, by the balanced meta log-loss (:mod:`~autorobust.design.scoring`). The study
-   stops when the next trial would leave too little of ``design.budget`` for the retraining.
+   meta set only, by ``design.score`` (default: the temperature-calibrated balanced meta
+   log-loss; :mod:`~autorobust.design.scoring`). The study stops when the next trial would leave
+   too little of ``design.budget`` for the retraining.
 4. **Choice.** The simplest design within one standard error of the best.
 5. **Retraining** of the chosen design for ``train.epochs`` epochs in ``run_dir/best``, measured on
-   the test split, and **the report** (``design.md``, ``design.json``, plots).
+   the test split; with ``design.reference_final``, also the reference design (the probe's recipe)
+   in ``run_dir/reference``, the simpler kept unless the chosen one beats it by one standard error
+   at full epochs. Then **the report** (``design.md``, ``design.json``, plots).
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from autorobust.data.splits import Splits, apply_relabel, rejected_samples
 from autorobust.data.tensors import images_to_tensor, resolve_device
 from autorobust.design.scoring import (
     ScoredDesign,
-    balanced_log_loss,
+    balanced_mean,
     choose_within_one_standard_error,
-    per_image_log_loss,
+    per_image_score,
 )
 from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
 from autorobust.errors import AutorobustError, ConfigError
@@ -80,15 +83,18 @@ class DesignOutcome:
 
     Attributes:
         run_dir: where everything is (probe, trials, study, best, report).
-        chosen: the chosen design's summary (design, trial, score, standard error).
-        retrained: the chosen design trained with ``train.epochs`` (test metrics), or None.
+        chosen: the study's chosen design's summary (design, trial, score, standard error).
+        retrained: the final design trained with ``train.epochs`` (test metrics), or None.
         report: the path of ``design.md``.
+        final: the final design's name: the chosen one, or the reference design when
+            ``design.reference_final`` kept it.
     """
 
     run_dir: Path
     chosen: dict[str, Any]
     retrained: RunResult | None
     report: Path
+    final: str = ""
 
 
 @dataclass
@@ -308,12 +314,19 @@ def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | Non
     )
 
 
-def _meta_losses(config: ExperimentConfig, splits: Splits) -> np.ndarray:
-    """Per-image log-loss float64 (M,) of a run's selected model on the clean meta set."""
+def _meta_scores(state: DesignRun, config: ExperimentConfig, splits: Splits) -> np.ndarray:
+    """Per-image score float64 (M,) of a run's selected model on the clean meta set
+    (``design.score``; lower is better)."""
     device = resolve_device(config.device)
     model, normalize, _ = load_best_model(config, splits, device=device)
     logits = predict(model, images_to_tensor(splits.meta.images, device), normalize)
-    return per_image_log_loss(logits.numpy(), splits.meta.labels)
+    return per_image_score(
+        logits.numpy(), splits.meta.labels, splits.num_classes, state.config.design.score
+    )
+
+
+def _balanced(state: DesignRun, scores: np.ndarray) -> float:
+    return balanced_mean(scores, state.splits.meta.labels, state.splits.num_classes)
 
 
 def _train_design(
@@ -335,8 +348,6 @@ def _train_design(
 
 
 def _objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
-    labels, k = state.splits.meta.labels, state.splits.num_classes
-
     def objective(trial: Any) -> float:
         design = space.suggest(trial)
         trial.set_user_attr("design", design.to_dict())
@@ -346,18 +357,18 @@ def _objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
             config = design_run_config(
                 state.config, design, epochs=state.probe_epochs, run_dir=state.run_dir / "probe"
             )
-            losses, cost = _meta_losses(config, state.splits), 0.0  # the probe, already paid
+            losses, cost = _meta_scores(state, config, state.splits), 0.0  # the probe: paid
         else:
             directory = trial_dir(state.run_dir, trial.number)
             _, config, splits, cost = _train_design(
                 state, design, epochs=state.trial_epochs, run_dir=directory, evaluate_test=False
             )
-            losses = _meta_losses(config, splits)
+            losses = _meta_scores(state, config, splits)
             (directory / CHECKPOINT_NAME).unlink(missing_ok=True)
         trial.set_user_attr("meta_losses", [float(v) for v in losses])
         trial.set_user_attr("sample_epochs", cost)
         trial.set_user_attr("cpu_seconds", time.process_time() - started)
-        return balanced_log_loss(losses, labels, k)
+        return _balanced(state, losses)
 
     return objective
 
@@ -379,12 +390,14 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         search,
         study_name=default_study_name,
         space={**space.describe(), "probe_epochs": state.probe_epochs,
-               "trial_epochs": state.trial_epochs},
+               "trial_epochs": state.trial_epochs, "score": settings_cfg.score},
         directions=("minimize",),
     )  # fmt: skip
     budget = settings_cfg.budget * state.reference_cost
     # What the retraining of the costliest design could take, kept free for it.
     reserve = state.reference_cost * max(Design(loss="autobalance").cost_factor, 1.0)
+    if settings_cfg.reference_final:
+        reserve += state.reference_cost * PROBE_DESIGN.cost_factor
     next_trial = len(state.splits.train) * state.trial_epochs * 1.3
     references = [p for p in (space.params(d) for d in REFERENCE_DESIGNS) if p is not None]
     objective = _objective(state, space)
@@ -483,19 +496,60 @@ def _contributions(
     return rows
 
 
-def _meta_score(state: DesignRun, design: Design, run_dir: Path) -> float:
-    """The balanced meta log-loss of the retrained ``design`` in ``run_dir/best``."""
+def _retrained_scores(state: DesignRun, design: Design, run_dir: Path) -> np.ndarray:
+    """Per-image meta scores (M,) of ``design`` retrained for ``train.epochs`` in ``run_dir``."""
     splits, relabel_file = _design_splits(state, design)
     config = design_run_config(
         state.config,
         design,
         epochs=state.config.train.epochs,
-        run_dir=run_dir / "best",
+        run_dir=run_dir,
         noise_model_file=state.noise_model_file,
         relabel_file=relabel_file,
     )
-    losses = _meta_losses(config, splits)
-    return balanced_log_loss(losses, state.splits.meta.labels, state.splits.num_classes)
+    return _meta_scores(state, config, splits)
+
+
+def _reference_final(
+    state: DesignRun, chosen: Design, chosen_dir: Path
+) -> tuple[RunResult, dict[str, Any]]:
+    """Train the reference design for ``train.epochs`` in ``run_dir/reference`` and compare it
+    with the retrained ``chosen`` at that fidelity: the simpler (the reference) is kept unless
+    the other is better by one standard error of the meta score. Returns (the reference's
+    result, a summary whose ``kept`` is ``"reference"`` or ``"chosen"``)."""
+    started = time.process_time()
+    reference_dir = state.run_dir / "reference"
+    result, _, _, cost = _train_design(
+        state, PROBE_DESIGN, epochs=state.config.train.epochs, run_dir=reference_dir,
+        evaluate_test=True,
+    )  # fmt: skip
+    state.cost["reference_sample_epochs"] = cost
+    state.cost["reference_cpu_seconds"] = time.process_time() - started
+    candidates = {0: (PROBE_DESIGN, reference_dir), 1: (chosen, chosen_dir)}
+    scored = [
+        ScoredDesign(key, design.complexity, _retrained_scores(state, design, directory))
+        for key, (design, directory) in candidates.items()
+    ]
+    best, kept, rows = choose_within_one_standard_error(
+        scored, state.splits.meta.labels, state.splits.num_classes
+    )
+    if not state.config.design.one_standard_error:
+        kept = best
+    summary = {
+        "kept": "reference" if kept == 0 else "chosen",
+        "candidates": [
+            {
+                "name": candidates[int(row["key"])][0].describe(),
+                "run_dir": str(candidates[int(row["key"])][1]),
+                "score": row["score"],
+                "difference_to_best": row["difference"],
+                "standard_error": row["standard_error"],
+                "kept": row["key"] == kept,
+            }
+            for row in rows
+        ],
+    }
+    return result, summary
 
 
 def _leave_one_out(state: DesignRun, chosen: Design) -> list[dict[str, Any]]:
@@ -508,7 +562,7 @@ def _leave_one_out(state: DesignRun, chosen: Design) -> list[dict[str, Any]]:
         result, config, splits, cost = _train_design(
             state, design, epochs=state.config.train.epochs, run_dir=directory, evaluate_test=True
         )
-        losses = _meta_losses(config, splits)
+        losses = _meta_scores(state, config, splits)
         state.cost["leave_one_out_sample_epochs"] = (
             state.cost.get("leave_one_out_sample_epochs", 0.0) + cost
         )
@@ -517,9 +571,7 @@ def _leave_one_out(state: DesignRun, chosen: Design) -> list[dict[str, Any]]:
                 "component": component,
                 "without": design.describe(),
                 "design": design.to_dict(),
-                "meta_score": balanced_log_loss(
-                    losses, state.splits.meta.labels, state.splits.num_classes
-                ),
+                "meta_score": _balanced(state, losses),
                 "test": result.metrics["test"],
             }
         )
@@ -568,6 +620,7 @@ def run_design(
     design = Design.from_dict(chosen["design"])
     contributions = _contributions(state, design, table) if fixed is None else []
     retrained = None
+    final: dict[str, Any] | None = None
     if retrain:
         started = time.process_time()
         retrained, _, _, cost = _train_design(
@@ -576,6 +629,10 @@ def run_design(
         )  # fmt: skip
         state.cost["retrain_sample_epochs"] = cost
         state.cost["retrain_cpu_seconds"] = time.process_time() - started
+        if config.design.reference_final and fixed is None and design != PROBE_DESIGN:
+            reference, final = _reference_final(state, design, retrained.run_dir)
+            if final["kept"] == "reference":
+                retrained, design = reference, PROBE_DESIGN
         metrics = dict(retrained.metrics)
         metrics["noise_model"] = noise_model_report(state)
         write_json(retrained.run_dir / "metrics.json", metrics)
@@ -584,13 +641,18 @@ def run_design(
     leave_one_out = []
     if config.design.leave_one_out and retrained is not None:
         leave_one_out = _leave_one_out(state, design)
+        kept_score = _balanced(state, _retrained_scores(state, design, retrained.run_dir))
         for row in leave_one_out:
-            row["meta_score_gain"] = row["meta_score"] - _meta_score(state, design, run_dir)
+            row["meta_score_gain"] = row["meta_score"] - kept_score
     state.cost["total_sample_epochs"] = spent
     state.cost["budget_used"] = spent / state.reference_cost
     state.cost["wall_seconds_this_call"] = time.perf_counter() - wall
     summary = {
         "chosen": chosen,
+        "final": final,
+        "final_design": design.to_dict(),
+        "final_name": design.describe(),
+        "score": config.design.score,
         "trials": table,
         "contributions": contributions,
         "leave_one_out": leave_one_out,
@@ -603,4 +665,6 @@ def run_design(
     }
     write_json(run_dir / DESIGN_JSON, summary)
     report = write_report(run_dir, summary, state)
-    return DesignOutcome(run_dir=run_dir, chosen=chosen, retrained=retrained, report=report)
+    return DesignOutcome(
+        run_dir=run_dir, chosen=chosen, retrained=retrained, report=report, final=design.describe()
+    )

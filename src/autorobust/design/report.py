@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autorobust._io import write_text
+from autorobust.design.scoring import SCORE_LABELS
 from autorobust.report.plots import save_figure
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ def _true_transition(error: dict[str, Any], like: np.ndarray) -> np.ndarray:
     return np.asarray(error.get("true_transition", like))
 
 
-def trials_plot(trials: list[dict[str, Any]], path: Path) -> Path:
-    """Each trial's balanced meta log-loss with one standard error of its difference to the best."""
+def trials_plot(
+    trials: list[dict[str, Any]], path: Path, score_label: str = SCORE_LABELS["log_loss"]
+) -> Path:
+    """Each trial's meta score with one standard error of its difference to the best."""
     plt = _pyplot()
     ordered = sorted(trials, key=lambda r: r["trial"])
     figure, axis = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.2))
@@ -85,7 +88,7 @@ def trials_plot(trials: list[dict[str, Any]], path: Path) -> Path:
     axis.scatter(scores, y, c=colours, zorder=3)
     axis.set_yticks(y, [f"#{r['trial']} {r['name']}" for r in ordered], fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("balanced meta log-loss (lower is better); red: chosen")
+    axis.set_xlabel(f"{score_label} (lower is better); red: chosen")
     figure.tight_layout()
     return save_figure(figure, path)
 
@@ -100,8 +103,9 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
     noise = summary["noise_model"]
     noise_model_plot(noise, names, run_dir / "noise_model.png")
     trials = [r for r in summary["trials"] if r.get("trial") is not None]
+    label = SCORE_LABELS[summary.get("score", "log_loss")]
     if trials:
-        trials_plot(trials, run_dir / "design_trials.png")
+        trials_plot(trials, run_dir / "design_trials.png", label)
     chosen = summary["chosen"]
     lines = [f"# Design report: {run_dir}", ""]
     lines += ["## Chosen design", "", f"**{chosen['name']}**", ""]
@@ -109,6 +113,25 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         if value is not None:
             lines.append(f"- {key}: `{value}`")
     lines.append("")
+    final = summary.get("final")
+    if final:
+        lines += [
+            "### Against the reference at full epochs",
+            "",
+            "The chosen design and the reference design were both trained with the full epoch "
+            f"budget and compared by their {label}; the simpler is kept unless the other is "
+            f"better by one standard error. Kept: **{summary['final_name']}**.",
+            "",
+            f"| design | {label} | difference to best ± SE | folder | |",
+            "|---|---|---|---|---|",
+        ]
+        for row in final["candidates"]:
+            lines.append(
+                f"| {row['name']} | {row['score']:.4f} | {row['difference_to_best']:+.4f} ± "
+                f"{row['standard_error']:.4f} | `{row['run_dir']}` | "
+                f"{'kept' if row['kept'] else ''} |"
+            )
+        lines.append("")
     test = summary.get("test")
     if test:
         lines += [
@@ -123,11 +146,11 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             "## Trials",
             "",
             f"Every design was trained for {summary['trial_epochs']} epochs and scored on the "
-            "clean meta split only, by its balanced log-loss (lower is better). The standard "
+            f"clean meta split only, by its {label} (lower is better). The standard "
             "error is that of the paired difference to the best design over the meta images; "
             "the simplest design within one standard error of the best is chosen.",
             "",
-            "| trial | design | meta log-loss | difference to best ± SE | sample-epochs | |",
+            f"| trial | design | {label} | difference to best ± SE | sample-epochs | |",
             "|---|---|---|---|---|---|",
         ]
         for row in summary["trials"]:
@@ -143,9 +166,9 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             "## What each component contributed",
             "",
             "From the study: the chosen design against the best trial without the component "
-            "(positive: the component lowered the meta log-loss).",
+            f"(positive: the component lowered the {label}).",
             "",
-            "| component | best design without it | meta log-loss gain |",
+            f"| component | best design without it | {label} gain |",
             "|---|---|---|",
         ]
         for row in summary["contributions"]:
@@ -164,7 +187,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             "",
             "The chosen design retrained with the full epoch budget without each component.",
             "",
-            "| component left out | design | meta log-loss gain of the component | "
+            f"| component left out | design | {label} gain of the component | "
             "test balanced acc. % without it (with it) |",
             "|---|---|---|---|",
         ]
@@ -234,6 +257,14 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         f"| trials | {cost.get('trials_sample_epochs', 0):.0f} | – |",
         f"| retraining | {cost.get('retrain_sample_epochs', 0):.0f} | "
         f"{cost.get('retrain_cpu_seconds', 0):.0f} |",
+        *(
+            [
+                f"| reference at full epochs | {cost['reference_sample_epochs']:.0f} | "
+                f"{cost.get('reference_cpu_seconds', 0):.0f} |"
+            ]
+            if "reference_sample_epochs" in cost
+            else []
+        ),
         f"| **total** | {cost.get('total_sample_epochs', 0):.0f} "
         f"(**{cost.get('budget_used', 0):.2f}** trainings) | |",
         "",

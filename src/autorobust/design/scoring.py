@@ -7,6 +7,15 @@ cross-entropy of that class's meta images (smooth in the model's outputs), and e
 with the best design comes with the standard error of the paired difference over the meta images,
 stratified by class. Following the one-standard-error rule (Breiman et al., 1984), the study
 keeps the simplest design whose score is within one standard error of the best.
+
+The raw log-loss also rewards confidence: measured on Fashion-MNIST (rho = 100, 40% symmetric
+noise, 1,500 images in the largest class, 10 epochs), a design trained on a cleaner selection had
+the lower meta log-loss (1.273 against 1.484 nats) while logit adjustment on the whole noisy pool
+was better on the test split (59.9% against 56.6% balanced); the noisy-label model is merely
+under-confident (its best temperature is 0.43). The default score therefore first rescales each
+design's logits by a temperature fitted on the *other* meta images (stratified folds, so no image
+scores itself): the *calibrated* balanced log-loss (1.273 against 1.230 there, agreeing with the
+test split). ``error`` scores the 0/1 balanced meta error instead (unbiased, but coarse).
 """
 
 from __future__ import annotations
@@ -16,13 +25,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autorobust.design.config import MetaScore
+
 __all__ = [
+    "SCORE_LABELS",
+    "MetaScore",
     "ScoredDesign",
-    "balanced_log_loss",
+    "balanced_mean",
+    "calibrated_log_loss",
     "choose_within_one_standard_error",
+    "fit_temperature",
     "per_image_log_loss",
+    "per_image_score",
+    "stratified_folds",
     "weighted_difference",
 ]
+
+SCORE_LABELS: dict[str, str] = {
+    "calibrated_log_loss": "calibrated balanced meta log-loss",
+    "log_loss": "balanced meta log-loss",
+    "error": "balanced meta error",
+}
+"""What each score is called in reports (lower is better for all three)."""
+
+_TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def per_image_log_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -33,11 +59,86 @@ def per_image_log_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return log_norm - z[np.arange(len(z)), np.asarray(labels)]
 
 
-def balanced_log_loss(losses: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Mean over the classes present of the mean per-image loss of that class (nats)."""
+def balanced_mean(values: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Mean over the classes present of the mean per-image value of that class (the balanced
+    score of per-image losses (M,) or 0/1 errors; labels int (M,))."""
     labels = np.asarray(labels)
-    means = [losses[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
+    values = np.asarray(values, dtype=np.float64)
+    means = [values[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
     return float(np.mean(means))
+
+
+def stratified_folds(labels: np.ndarray, folds: int) -> np.ndarray:
+    """Fold index int (M,) of each image: its rank among its class's images, modulo ``folds``,
+    so that every fold holds about 1/folds of every class."""
+    labels = np.asarray(labels)
+    fold = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        fold[where] = np.arange(len(where)) % folds
+    return fold
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The temperature T in [0.05, 20] minimising the balanced log-loss of ``logits / T``.
+
+    Args:
+        logits: float (M, K).
+        labels: int (M,).
+        num_classes: K.
+
+    Returns:
+        T (a bounded scalar minimisation over log T).
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+
+    def loss(log_t: float) -> float:
+        return balanced_mean(per_image_log_loss(z / np.exp(log_t), labels), labels, num_classes)
+
+    low, high = np.log(_TEMPERATURE_RANGE)
+    result = minimize_scalar(loss, bounds=(low, high), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibrated_log_loss(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 5
+) -> np.ndarray:
+    """Per-image log-loss float64 (M,) after temperature scaling fitted on the other folds.
+
+    The images are split into ``folds`` stratified folds (:func:`stratified_folds`; fewer when a
+    class has fewer images than folds, at least 2); the images of each fold are scored at the
+    temperature that minimises the balanced log-loss of the remaining folds. With fewer than two
+    images per class in every class, one temperature is fitted on all images.
+    """
+    labels = np.asarray(labels)
+    z = np.asarray(logits, dtype=np.float64)
+    smallest = min(int((labels == c).sum()) for c in np.unique(labels))
+    folds = min(folds, smallest)
+    if folds < 2:
+        return per_image_log_loss(z / fit_temperature(z, labels, num_classes), labels)
+    fold = stratified_folds(labels, folds)
+    losses = np.empty(len(labels))
+    for f in range(folds):
+        held = fold == f
+        temperature = fit_temperature(z[~held], labels[~held], num_classes)
+        losses[held] = per_image_log_loss(z[held] / temperature, labels[held])
+    return losses
+
+
+def per_image_score(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, score: MetaScore
+) -> np.ndarray:
+    """Per-image value float64 (M,) of ``score`` (lower is better), whose balanced mean is the
+    design's score: cross-fitted calibrated log-loss, raw log-loss (nats) or 0/1 error."""
+    if score == "calibrated_log_loss":
+        return calibrated_log_loss(logits, labels, num_classes)
+    if score == "log_loss":
+        return per_image_log_loss(logits, labels)
+    if score == "error":
+        return (np.asarray(logits).argmax(axis=1) != np.asarray(labels)).astype(np.float64)
+    raise ValueError(f"unknown meta score {score!r}; expected one of {sorted(SCORE_LABELS)}")
 
 
 def weighted_difference(
@@ -45,12 +146,15 @@ def weighted_difference(
 ) -> tuple[float, float]:
     """Balanced score of a minus that of b, and its standard error, over the same meta images.
 
+    ``losses_a`` and ``losses_b`` are per-image values float (M,) of any score (log-losses in
+    nats, 0/1 errors), in the order of ``labels``.
+
     The balanced score is Σ_c (1/C) mean_{i ∈ c} ℓ_i over the C classes present; for the paired
     differences d_i = ℓ^a_i − ℓ^b_i its variance is Σ_c s_c² / (C² n_c), s_c² the sample variance
     of d within class c (sampling the meta images of each class anew).
 
     Returns:
-        (difference, standard error), both in nats.
+        (difference, standard error), in the unit of the per-image values.
     """
     labels = np.asarray(labels)
     d = np.asarray(losses_a, dtype=np.float64) - np.asarray(losses_b, dtype=np.float64)
@@ -67,7 +171,7 @@ def weighted_difference(
 
 @dataclass(frozen=True)
 class ScoredDesign:
-    """A finished trial: its key, simplicity order and per-image meta losses (lower is better)."""
+    """A finished trial: its key, simplicity order and per-image meta scores (lower is better)."""
 
     key: int
     complexity: tuple[int, float]
@@ -90,7 +194,7 @@ def choose_within_one_standard_error(
     """
     if not designs:
         raise ValueError("no design to choose from")
-    scores = {d.key: balanced_log_loss(d.losses, labels, num_classes) for d in designs}
+    scores = {d.key: balanced_mean(d.losses, labels, num_classes) for d in designs}
     best = min(designs, key=lambda d: (scores[d.key], d.complexity))
     rows, candidates = [], []
     for design in designs:

@@ -32,7 +32,8 @@ def reinitialise(network: nn.Module, seed: int) -> None:
     weights and running statistics) redraws them as at construction; torch's global generator is
     left as it was.
     """
-    with torch.random.fork_rng(devices=[]):
+    cuda = sorted({p.device for p in network.parameters() if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for module in network.modules():
             reset = getattr(module, "reset_parameters", None)
