@@ -9,6 +9,7 @@ and for the searched design.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import signal
@@ -31,6 +32,7 @@ KEY_FIELDS = (
     "method", "rho", "noise", "seed", "epochs", "n_max", "budget", "mwnet_step", "device",
     "design_score",  # design.score of a design unit (rows without it scored the raw log-loss)
     "reference_final",  # design.reference_final of a design unit
+    "design_version",  # design_version(): the default space and reference designs it ran with
 )  # fmt: skip
 MWNET_STEPS = {
     # The exact MW-Net step (every parameter, every step) and the cheap one (last layer, V
@@ -67,6 +69,19 @@ NOISES: dict[str, list[str]] = {
         f"shift.noise_matrix={json.dumps(head_to_tail_matrix())}",
     ],
 }
+
+
+def design_version() -> str:
+    """A short digest of the default design space and the reference designs: a design unit
+    measured with other ones is another unit (rows without it predate the digest)."""
+    from autorobust.design.config import DesignConfig
+    from autorobust.design.space import REFERENCE_DESIGNS, DesignSpace
+
+    content = {
+        "space": DesignSpace(DesignConfig()).describe(),
+        "references": [d.to_dict() for d in REFERENCE_DESIGNS],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def unit_key(row: dict[str, Any]) -> str:
@@ -114,23 +129,14 @@ def _noise_model_error(metrics: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _fixed_designs() -> dict[str, Any]:
-    from autorobust.design.space import Design
+    from autorobust.design.space import ROLT_DESIGN, Design
 
     return {
         # GLC (Hendrycks et al. 2018): forward correction with T̂ estimated on the meta set.
         "glc": Design(treatment="transition", loss="cross_entropy", tau=0.0),
         # RoLT-style (Wei et al. 2021): prototype distance, a per-class two-component mixture,
         # relabelling where the prototype agrees; logit adjustment on the labels kept.
-        "rolt": Design(
-            treatment="selection",
-            detector="prototype",
-            rule="gmm",
-            relabel=True,
-            relabel_confidence=0.9,
-            relabel_needs_prototype=True,
-            loss="logit_adjustment",
-            tau=1.0,
-        ),
+        "rolt": ROLT_DESIGN,
     }
 
 

@@ -71,7 +71,15 @@ from pathlib import Path
 
 from _common import README, add_run_arguments, write_results
 from _noise_aware_summary import NOISE_NAMES, failures, plot_budget, summary_markdown
-from _noise_aware_units import METHODS, MWNET_STEPS, NOISES, read_rows, run_pool, unit_key
+from _noise_aware_units import (
+    METHODS,
+    MWNET_STEPS,
+    NOISES,
+    design_version,
+    read_rows,
+    run_pool,
+    unit_key,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "noise_aware"
@@ -120,6 +128,8 @@ def build_jobs(args: argparse.Namespace) -> list[dict]:
         "data_root": args.data_root,
     }
 
+    version = design_version()
+
     def job(kind: str, method: str, rho: float, noise: str, seed: int, budget=None) -> dict:
         return {
             **common,
@@ -132,6 +142,7 @@ def build_jobs(args: argparse.Namespace) -> list[dict]:
             "mwnet_step": args.mwnet_step if method == "mwnet_la" else None,
             "design_score": args.design_score if method == "design" else None,
             "reference_final": args.reference_final if method == "design" else None,
+            "design_version": version if method == "design" else None,
         }
 
     jobs = [

@@ -21,7 +21,7 @@ def test_reference_designs_round_trip_through_their_params(design: Design) -> No
 def test_every_proposal_composes(tmp_path) -> None:
     space = DesignSpace(DesignConfig())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
+    seen, rules = set(), set()
     for _ in range(200):
         trial = study.ask()
         design = space.suggest(trial)
@@ -30,12 +30,19 @@ def test_every_proposal_composes(tmp_path) -> None:
         assert not (design.treatment == "mwnet" and design.loss == "autobalance")
         if design.treatment == "selection":
             assert design.detector in ("posterior", "small_loss", "prototype")
-            assert 0.02 <= design.quantile <= 0.3
+            rules.add(design.rule)
+            if design.rule == "meta_quantile":
+                assert 0.02 <= design.quantile <= 0.3
+            else:
+                assert design.rule == "gmm" and design.quantile is None
+            if design.relabel_needs_prototype:
+                assert design.detector == "prototype" and design.relabel
         else:
             assert design.detector is None and design.quantile is None
         assert Design.from_dict(design.to_dict()) == design
-    # Every treatment meets every loss family it composes with.
+    # Every treatment meets every loss family it composes with; both default rules are drawn.
     assert len(seen) == 4 * 3 - 1
+    assert rules == {"meta_quantile", "gmm"}
 
 
 def test_a_design_outside_the_space_has_no_params() -> None:

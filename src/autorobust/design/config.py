@@ -18,6 +18,7 @@ __all__ = ["DesignConfig", "MetaScore"]
 Treatment = Literal["none", "transition", "selection", "mwnet"]
 LossFamily = Literal["cross_entropy", "logit_adjustment", "autobalance"]
 Detector = Literal["posterior", "prototype", "small_loss"]
+Rule = Literal["meta_quantile", "gmm", "otsu"]
 MetaScore = Literal["calibrated_log_loss", "log_loss", "error"]
 
 
@@ -64,6 +65,13 @@ class DesignConfig(StrictModel):
         default_factory=lambda: list[Detector](["posterior", "small_loss", "prototype"])
     )
     """Detectors a ``selection`` design may use (methods/sample_selection)."""
+    rules: list[Rule] = Field(
+        default_factory=lambda: list[Rule](["meta_quantile", "gmm"]), min_length=1
+    )
+    """Per-class rules a ``selection`` design may use: ``meta_quantile`` (the threshold is the
+    q-quantile of the class's clean meta scores, q searched), ``gmm`` (DivideMix's two-component
+    mixture; RoLT's rule) or ``otsu``. With ``prototype`` and relabelling, whether a relabel needs
+    the nearest prototype's agreement (RoLT) is searched as well."""
     pseudo_label: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
     """Whether a ``selection`` design keeps its rejected samples as unlabeled images for a
     pseudo-label loss (``method: pseudo_label``); both values: searched."""
