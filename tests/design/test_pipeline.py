@@ -95,7 +95,7 @@ def test_each_design_becomes_the_config_that_trains_it(tmp_path: Path) -> None:
     config = _config(tmp_path)
     splits = build_splits(config)
     noise_file, relabel_file = tmp_path / "noise_model.json", tmp_path / "sel.npz"
-    plain, selection, transition, _ = REFERENCE_DESIGNS
+    plain, selection, _, _, transition = REFERENCE_DESIGNS
     built = design_run_config(config, plain, epochs=2, run_dir=tmp_path / "a")
     assert (built.method, built.loss.name, built.train.epochs) == ("erm", "logit_adjustment", 2)
     built = design_run_config(
