@@ -29,14 +29,12 @@ import numpy as np
 
 from autorobust.config import load_config
 from autorobust.data.relabel import read_relabel_file
-from autorobust.data.tensors import Normalization
-from autorobust.experiment import build_loss, build_model, build_splits, train_run
+from autorobust.experiment import build_splits, train_run
 from autorobust.methods.sample_selection import (
     SelectionConfig,
-    collect_probe_outputs,
+    run_probe_outputs,
     run_selection,
 )
-from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The defaults, and the labels' counts alone as the prior of the loss.
@@ -74,18 +72,7 @@ def _selection(args: argparse.Namespace, seed: int, work: Path) -> tuple[Path, d
     probe_seconds = time.process_time() - started
     splits = build_splits(config)
     pool = splits.train
-    model = build_model(config, splits)
-    checkpoint = load_checkpoint(Path(config.run_dir) / CHECKPOINT_NAME)
-    model.load_state_dict(checkpoint["best_model"])
-    probe = collect_probe_outputs(
-        model,
-        pool.images,
-        pool.labels,
-        splits.meta.images,
-        splits.meta.labels,
-        normalize=Normalization.from_images(pool.images),
-        loss=build_loss(config, splits),
-    )
+    probe = run_probe_outputs(config, splits)
     summary = run_selection(
         probe,
         SelectionConfig(relabel=False),

@@ -26,16 +26,14 @@ import numpy as np
 
 from autorobust.config import load_config
 from autorobust.data.relabel import write_relabel_file
-from autorobust.data.tensors import Normalization
-from autorobust.experiment import build_loss, build_model, build_splits, train_run
+from autorobust.experiment import build_splits, train_run
 from autorobust.methods.sample_selection import (
     SelectionConfig,
-    collect_probe_outputs,
     create_detector,
+    run_probe_outputs,
     run_selection,
 )
 from autorobust.train.metrics import roc_auc
-from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMBOS = [
@@ -111,17 +109,7 @@ def main() -> None:
     probe_seconds = time.process_time() - started
     splits = build_splits(config)
     pool, k = splits.train, splits.num_classes
-    model = build_model(config, splits)
-    model.load_state_dict(load_checkpoint(work / "probe" / CHECKPOINT_NAME)["best_model"])
-    probe = collect_probe_outputs(
-        model,
-        pool.images,
-        pool.labels,
-        splits.meta.images,
-        splits.meta.labels,
-        normalize=Normalization.from_images(pool.images),
-        loss=build_loss(config, splits),
-    )
+    probe = run_probe_outputs(config, splits)
     rarest = int(np.argmin(np.bincount(pool.clean_labels, minlength=k)))
     rows = []
     for detector, detector_options, rule, rule_options in COMBOS:

@@ -58,7 +58,7 @@ from autorobust.methods.glc.noise_model import (
 from autorobust.methods.sample_selection import (
     ProbeOutputs,
     SelectionConfig,
-    collect_probe_outputs,
+    run_probe_outputs,
     run_selection,
 )
 from autorobust.search.common import finish_study, search_settings, trial_dir
@@ -225,21 +225,8 @@ def _run_probe(state: DesignRun) -> RunResult:
     )
     started = time.process_time()
     result = train_run(config, resume=True, splits=state.splits, evaluate_test=False)
-    device = resolve_device(config.device)
-    model, normalize, _ = load_best_model(config, state.splits, device=device)
-    from autorobust.losses import create_loss
-
-    loss = create_loss("logit_adjustment", class_counts=state.splits.train_class_counts)
-    state.probe = collect_probe_outputs(
-        model,
-        state.splits.train.images,
-        state.splits.train.labels,
-        state.splits.meta.images,
-        state.splits.meta.labels,
-        normalize=normalize,
-        device=device,
-        loss=loss.to(device),
-    )
+    # The probe's loss (logit adjustment at the observed counts) scores the small-loss detector.
+    state.probe = run_probe_outputs(config, state.splits, device=resolve_device(config.device))
     state.noise_model = _noise_model(state)
     state.cost["probe_sample_epochs"] = float(len(state.splits.train) * state.probe_epochs)
     state.cost["probe_cpu_seconds"] = time.process_time() - started

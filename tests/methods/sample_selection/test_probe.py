@@ -10,13 +10,14 @@ import torch
 
 from autorobust.config import load_config
 from autorobust.data.tensors import Normalization, images_to_tensor
-from autorobust.errors import DataError
+from autorobust.errors import AutorobustError, DataError
 from autorobust.experiment import build_loss, build_model, build_splits, train_run
 from autorobust.methods.sample_selection import (
     ProbeOutputs,
     SelectionConfig,
     collect_probe_outputs,
     read_sample_weights,
+    run_probe_outputs,
     run_selection,
     select_labels,
 )
@@ -71,6 +72,25 @@ def test_probe_outputs_are_the_models_logits_features_and_losses(probe_run) -> N
     np.testing.assert_allclose(probe.losses, per_sample.numpy(), rtol=1e-5, atol=1e-6)
     assert probe.meta_losses.shape == (m,)
     assert model.training  # its mode is restored
+
+
+def test_a_finished_runs_probe_outputs_are_its_selected_model_with_its_loss(probe_run) -> None:
+    config, splits, model = probe_run
+    by_hand = collect_probe_outputs(
+        model,
+        splits.train.images,
+        splits.train.labels,
+        splits.meta.images,
+        splits.meta.labels,
+        normalize=Normalization.from_images(splits.train.images),
+        loss=build_loss(config, splits),
+    )
+    from_run = run_probe_outputs(config, splits)
+    for name in ("logits", "meta_logits", "features", "losses", "meta_losses"):
+        np.testing.assert_array_equal(getattr(from_run, name), getattr(by_hand, name))
+    other = config.model_copy(update={"seed": config.seed + 1})
+    with pytest.raises(AutorobustError, match="do not belong together"):
+        run_probe_outputs(other, splits)
 
 
 def test_selection_from_a_probe_round_trips_into_training_splits(probe_run, tmp_path) -> None:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         ProbeOutputs,
         collect_probe_outputs,
         read_sample_weights,
+        run_probe_outputs,
     )
     from autorobust.methods.sample_selection.rules import (
         RULES,
@@ -75,6 +76,7 @@ _EXPORTS = {
     "ProbeOutputs": "probe",
     "collect_probe_outputs": "probe",
     "read_sample_weights": "probe",
+    "run_probe_outputs": "probe",
     "RULES": "rules",
     "SelectionRule": "rules",
     "create_rule": "rules",
@@ -94,6 +96,7 @@ __all__ = [
     "create_detector",
     "create_rule",
     "read_sample_weights",
+    "run_probe_outputs",
     "run_selection",
     "select_labels",
     "select_per_class",

@@ -2,7 +2,8 @@
 
 The arrays are plain numpy, so that whatever trained the probe (a pipeline, a script, another
 method through its files) can hand them over. :func:`collect_probe_outputs` computes them for a
-:class:`~autorobust.models.Classifier`; :func:`read_sample_weights` reads MW-Net's
+:class:`~autorobust.models.Classifier`, :func:`run_probe_outputs` for a finished training run;
+:func:`read_sample_weights` reads MW-Net's
 ``sample_weights.npz`` (written by ``method: reweight``) for the ``weights`` detector.
 """
 
@@ -13,6 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,7 +24,11 @@ from autorobust.errors import DataError
 from autorobust.losses.base import ClassificationLoss
 from autorobust.models.base import Classifier
 
-__all__ = ["ProbeOutputs", "collect_probe_outputs", "read_sample_weights"]
+if TYPE_CHECKING:
+    from autorobust.config import ExperimentConfig
+    from autorobust.data.splits import Splits
+
+__all__ = ["ProbeOutputs", "collect_probe_outputs", "read_sample_weights", "run_probe_outputs"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,37 @@ def collect_probe_outputs(
         meta_features=meta_features,
         losses=losses,
         meta_losses=meta_losses,
+    )
+
+
+def run_probe_outputs(
+    config: ExperimentConfig, splits: Splits, *, device: torch.device | str = "cpu"
+) -> ProbeOutputs:
+    """:func:`collect_probe_outputs` of the finished run in ``config.run_dir`` (the probe).
+
+    The run's selected weights and the standardisation it was trained with are read from its
+    checkpoint; its configured loss gives the per-sample losses.
+
+    Args:
+        config: the probe run's config.
+        splits: its splits (``splits.train`` is the pool scored, ``splits.meta`` the meta set).
+        device: where the probe runs.
+
+    Raises:
+        AutorobustError: no readable checkpoint, or one written by another configuration.
+    """
+    from autorobust.experiment import build_loss, load_best_model  # a layer below, heavy
+
+    model, normalize, _ = load_best_model(config, splits, device=device)
+    return collect_probe_outputs(
+        model,
+        splits.train.images,
+        splits.train.labels,
+        splits.meta.images,
+        splits.meta.labels,
+        normalize=normalize,
+        device=device,
+        loss=build_loss(config, splits).to(device),
     )
 
 
