@@ -68,6 +68,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 from _common import README, add_run_arguments, write_results
 from _noise_aware_summary import NOISE_NAMES, failures, plot_budget, summary_markdown
@@ -80,6 +81,8 @@ from _noise_aware_units import (
     run_pool,
     unit_key,
 )
+
+from autorobust.design.config import MetaScore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "noise_aware"
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mwnet-step", choices=sorted(MWNET_STEPS), default="exact")
     parser.add_argument(
         "--design-score",
-        choices=["calibrated_log_loss", "log_loss", "error"],
+        choices=list(get_args(MetaScore)),
         default="calibrated_log_loss",
         help="design.score of the design units",
     )

@@ -316,11 +316,10 @@ def _balanced(state: DesignRun, scores: np.ndarray) -> float:
     return balanced_mean(scores, state.splits.meta.labels, state.splits.num_classes)
 
 
-def _train_design(
-    state: DesignRun, design: Design, *, epochs: int, run_dir: Path, evaluate_test: bool
-) -> tuple[RunResult, ExperimentConfig, Splits, float]:
-    """Train ``design`` (resumed when its directory holds a checkpoint); (result, config,
-    splits, sample-epochs)."""
+def _design_config(
+    state: DesignRun, design: Design, *, epochs: int, run_dir: Path
+) -> tuple[ExperimentConfig, Splits]:
+    """The config that trains ``design`` for ``epochs`` in ``run_dir``, and its splits."""
     splits, relabel_file = _design_splits(state, design)
     config = design_run_config(
         state.config,
@@ -330,6 +329,15 @@ def _train_design(
         noise_model_file=state.noise_model_file,
         relabel_file=relabel_file,
     )
+    return config, splits
+
+
+def _train_design(
+    state: DesignRun, design: Design, *, epochs: int, run_dir: Path, evaluate_test: bool
+) -> tuple[RunResult, ExperimentConfig, Splits, float]:
+    """Train ``design`` (resumed when its directory holds a checkpoint); (result, config,
+    splits, sample-epochs)."""
+    config, splits = _design_config(state, design, epochs=epochs, run_dir=run_dir)
     result = train_run(config, resume=True, splits=splits, evaluate_test=evaluate_test)
     return result, config, splits, float(len(splits.train) * epochs * design.cost_factor)
 
@@ -485,14 +493,8 @@ def _contributions(
 
 def _retrained_scores(state: DesignRun, design: Design, run_dir: Path) -> np.ndarray:
     """Per-image meta scores (M,) of ``design`` retrained for ``train.epochs`` in ``run_dir``."""
-    splits, relabel_file = _design_splits(state, design)
-    config = design_run_config(
-        state.config,
-        design,
-        epochs=state.config.train.epochs,
-        run_dir=run_dir,
-        noise_model_file=state.noise_model_file,
-        relabel_file=relabel_file,
+    config, splits = _design_config(
+        state, design, epochs=state.config.train.epochs, run_dir=run_dir
     )
     return _meta_scores(state, config, splits)
 
