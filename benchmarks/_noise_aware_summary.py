@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _noise_aware_units import METHODS
+from _noise_aware_units import METHODS, ORACLES
 
 NOISE_NAMES = {
     "sym40": "40% symmetric",
     "pair40": "40% pair-flip",
     "h2t40": "head-to-tail 40%",
 }
-BASELINES = tuple(m for m in METHODS if m != "design")
+BASELINES = tuple(m for m in METHODS if m != "design" and m not in ORACLES)
 ESTIMATES_NOISE = ("glc", "design")  # the methods that estimate a noise model to act on
 
 
@@ -209,18 +209,26 @@ def targets(rows: list[dict], budget: float) -> list[str]:
             for m in BASELINES
             if (g := _group(rows, rho, noise, m, None))
         }
+        oracle = _group(rows, rho, noise, "oracle_filter", None)
         if means:
             best = max(means, key=means.get)
-            if mine < means[best]:
+            # Issue 19: a point above the best single method where that method is more than a
+            # point below the perfect filter (there is room), at least equal to it elsewhere.
+            room = bool(oracle) and np.mean(
+                [r["balanced_accuracy"] for r in oracle]
+            ) - means[best] > 0.01
+            wanted = means[best] + (0.01 if room else 0.0)
+            if mine < wanted - 1e-12:
                 beaten.append(
-                    f"ρ = {rho:g}, {NOISE_NAMES[noise]}: {best} {100 * means[best]:.1f} > "
-                    f"{100 * mine:.1f}"
+                    f"ρ = {rho:g}, {NOISE_NAMES[noise]}: {best} {100 * means[best]:.1f}"
+                    f"{' + 1' if room else ''} > {100 * mine:.1f}"
                 )
         if "ce" in means and mine < means["ce"]:
             below_ce.append(f"ρ = {rho:g}, {NOISE_NAMES[noise]}")
     if cells:
         lines.append(
-            f"- design ≥ the best single baseline in every cell: {_verdict(not beaten)}"
+            "- design ≥ the best single method + 1 point where the perfect filter leaves room "
+            f"(≥ it elsewhere), in every cell: {_verdict(not beaten)}"
             + (f" ({'; '.join(beaten)})" if beaten else f" ({cells} cells)")
             + f"; never below CE: {_verdict(not below_ce)}"
             + (f" ({'; '.join(below_ce)})" if below_ce else "")
@@ -254,7 +262,7 @@ def summary_markdown(
             parts.append(f"![design: balanced accuracy against budget]({plot})")
     goals = targets(rows, budget)
     if goals:
-        parts += ["Targets (issue 13), read from the tables above:", "\n".join(goals)]
+        parts += ["Targets (issue 19), read from the tables above:", "\n".join(goals)]
     return "\n\n".join(parts)
 
 

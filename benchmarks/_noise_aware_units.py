@@ -26,7 +26,12 @@ from _common import run_overrides
 BASE = "fashion-mnist-lt100-sym40"
 REWEIGHT = "fashion-mnist-lt100-sym40-reweight"
 NUM_CLASSES = 10
-METHODS = ("ce", "la", "glc", "rolt", "mwnet_la", "autobalance", "design")
+METHODS = (
+    "ce", "la", "glc", "rolt", "mwnet_la", "autobalance", "design", "oracle_filter", "oracle_clean",
+)  # fmt: skip
+# The ceilings of a cell, trained with logit adjustment through a relabel file made from the
+# simulated shift's truth: every wrong label dropped (a perfect filter), or every label clean.
+ORACLES = ("oracle_filter", "oracle_clean")
 # What the key of a unit is made of: a later run with the same key has nothing new to measure.
 KEY_FIELDS = (
     "method", "rho", "noise", "seed", "epochs", "n_max", "budget", "mwnet_step", "device",
@@ -178,6 +183,13 @@ def _run_method(job: dict[str, Any], run_dir: str) -> dict[str, Any]:
         )
         outcome = run_search(config, default_study_name="noise-aware-benchmark")
         return {"metrics": outcome.retrained.metrics}
+    if method in ORACLES:
+        config = load_config(BASE, [*overrides, "method=erm", "loss.name=logit_adjustment"])
+        relabel = _oracle_relabel_file(config, method, Path(run_dir) / "oracle.npz")
+        config = config.model_copy(
+            update={"data": config.data.model_copy(update={"relabel_file": str(relabel)})}
+        )
+        return {"metrics": train_run(config).metrics}
     if method in ("glc", "rolt"):
         extra_overrides = ["design.noise_estimator=glc"] if method == "glc" else []
         config = load_config(BASE, [*overrides, *extra_overrides])
@@ -193,6 +205,23 @@ def _run_method(job: dict[str, Any], run_dir: str) -> dict[str, Any]:
         outcome = run_design(config, default_study_name="noise-aware-benchmark")
         return {"metrics": outcome.retrained.metrics, "extra": _design_extra(outcome)}
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def _oracle_relabel_file(config: Any, method: str, path: Path) -> Path:
+    """The relabel file of an oracle: the pool's observed labels with every wrong one dropped
+    (``oracle_filter``), or the pool's clean labels (``oracle_clean``)."""
+    import numpy as np
+
+    from autorobust.data.relabel import DROPPED, write_relabel_file
+    from autorobust.experiment import build_splits
+
+    pool = build_splits(config).train
+    if method == "oracle_filter":
+        labels = np.where(pool.noise_mask, DROPPED, pool.labels)
+    else:
+        labels = pool.clean_labels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_relabel_file(path, labels=labels, source_index=pool.source_index)
 
 
 def _design_extra(outcome: Any) -> dict[str, Any]:

@@ -25,6 +25,9 @@ Methods, each on the code path a user runs:
     autobalance  methods.autobalance.search.run_search: one bilevel run from logit adjustment,
                  the meta set as upper data, then the retraining
     design       run_design at --budget (3) with the default space
+    oracle_filter   logit adjustment with every wrong label dropped (a relabel file made from the
+                 shift's truth): the perfect filter, each cell's ceiling for a selection
+    oracle_clean    logit adjustment on the noise-free labels (the same relabel file route)
 
 Reported per (ρ, noise, method): balanced and worst-class test accuracy (mean ± std over seeds),
 the noise-model error of glc and design (prior total variation, mean row L1 of T̂), the design
