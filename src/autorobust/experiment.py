@@ -5,7 +5,8 @@ This is the glue the CLI and every search call; it owns the layout of a run dire
     run_dir/config.yaml     the resolved config (every default written out)
     run_dir/data.json       split sizes, class counts and the realised noise rate
     run_dir/checkpoint.pt   the last finished epoch (atomic; ``--resume`` continues from it)
-    run_dir/metrics.json    validation and test metrics of the selected epoch, and the history
+    run_dir/metrics.json    validation and test metrics of the selected epoch, the history, and
+                            the temperature fitted on the meta set (``calibration``)
 
 Everything a config names (source, model, loss, method, their options, the noise matrix) is checked
 before the run directory is created; a directory created by a run that fails before its first
@@ -39,6 +40,7 @@ from autorobust.losses import ClassificationLoss, create_loss
 from autorobust.losses.registry import loss_hyperparameter_names
 from autorobust.models import Classifier, create_model
 from autorobust.models.registry import model_option_names
+from autorobust.train.calibration import calibration_report
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.registry import TRAINERS, create_trainer
 from autorobust.train.threads import apply_threads
@@ -306,6 +308,15 @@ def train_run(
                 device,
             ),
             "history": [record.to_dict() for record in result.history],
+            # The temperature `autorobust predict` and `load_model` divide the logits by; fitted
+            # on the meta set that also selected the epoch (README, "Predicting").
+            "calibration": calibration_report(
+                predict(
+                    result.model, images_to_tensor(splits.meta.images, device), trainer.normalize
+                ).numpy(),
+                splits.meta.labels,
+                splits.num_classes,
+            ),
         }
         method_metrics = trainer.extra_metrics(train_data)
         if method_metrics:

@@ -27,6 +27,9 @@ import numpy as np
 
 from autorobust.design.config import MetaScore
 
+# Moved to the train layer, where every run fits its temperature; re-exported here unchanged.
+from autorobust.train.calibration import balanced_mean, fit_temperature, per_image_log_loss
+
 __all__ = [
     "SCORE_LABELS",
     "MetaScore",
@@ -48,25 +51,6 @@ SCORE_LABELS: dict[str, str] = {
 }
 """What each score is called in reports (lower is better for all three)."""
 
-_TEMPERATURE_RANGE = (0.05, 20.0)
-
-
-def per_image_log_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cross-entropy of each image, float64 (M,), from logits (M, K) and labels int (M,)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return log_norm - z[np.arange(len(z)), np.asarray(labels)]
-
-
-def balanced_mean(values: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Mean over the classes present of the mean per-image value of that class (the balanced
-    score of per-image losses (M,) or 0/1 errors; labels int (M,))."""
-    labels = np.asarray(labels)
-    values = np.asarray(values, dtype=np.float64)
-    means = [values[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
-    return float(np.mean(means))
-
 
 def stratified_folds(labels: np.ndarray, folds: int) -> np.ndarray:
     """Fold index int (M,) of each image: its rank among its class's images, modulo ``folds``,
@@ -77,29 +61,6 @@ def stratified_folds(labels: np.ndarray, folds: int) -> np.ndarray:
         where = np.flatnonzero(labels == c)
         fold[where] = np.arange(len(where)) % folds
     return fold
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """The temperature T in [0.05, 20] minimising the balanced log-loss of ``logits / T``.
-
-    Args:
-        logits: float (M, K).
-        labels: int (M,).
-        num_classes: K.
-
-    Returns:
-        T (a bounded scalar minimisation over log T).
-    """
-    from scipy.optimize import minimize_scalar
-
-    z = np.asarray(logits, dtype=np.float64)
-
-    def loss(log_t: float) -> float:
-        return balanced_mean(per_image_log_loss(z / np.exp(log_t), labels), labels, num_classes)
-
-    low, high = np.log(_TEMPERATURE_RANGE)
-    result = minimize_scalar(loss, bounds=(low, high), method="bounded")
-    return float(np.exp(result.x))
 
 
 def calibrated_log_loss(
