@@ -256,6 +256,15 @@ class TrainConfig(StrictModel):
     machine's cores divided among the autorobust processes training on it now (at least 1; see
     :mod:`autorobust.train.threads`), so that several workers on one machine do not
     oversubscribe it. ``--threads N`` on the command line sets it."""
+    record_dynamics: bool = False
+    """Record the training dynamics (Pleiss et al. 2020, "Identifying mislabeled data using the
+    area under the margin ranking"): at every step, from the logits of the training forward pass,
+    each sample's margin (the logit of its observed label minus the largest other logit) and its
+    per-sample training loss, one value per sample and epoch, written at the end of the run to
+    ``run_dir/dynamics.npz`` (float32 ``margins`` and ``losses`` (N, epochs), int64 ``labels``
+    (N,)) for the ``aum``, ``mean_loss`` and ``agreement`` detectors of ``sample_selection``.
+    The weights are unchanged. Only methods that train through ``Trainer.batch_loss`` (``erm``)
+    record; others refuse it."""
 
     @field_validator("threads", mode="before")
     @classmethod

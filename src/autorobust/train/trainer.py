@@ -34,6 +34,12 @@ from autorobust.data.augment import BatchAugment
 from autorobust.data.tensors import Normalization, images_to_tensor, to_unit_float
 from autorobust.errors import AutorobustError, ConfigError
 from autorobust.losses.base import ClassificationLoss
+from autorobust.train.dynamics import (
+    DYNAMICS_NAME,
+    DynamicsRecorder,
+    TrainingDynamics,
+    write_dynamics,
+)
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.schedule import lr_factor
 
@@ -87,12 +93,14 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
-    """Outcome of :meth:`Trainer.fit`; ``model`` holds the weights of ``best_epoch``."""
+    """Outcome of :meth:`Trainer.fit`; ``model`` holds the weights of ``best_epoch``;
+    ``dynamics`` the recorded margins and losses (N, epochs) with ``train.record_dynamics``."""
 
     model: nn.Module
     best_epoch: int
     best_score: float
     history: list[EpochRecord] = field(default_factory=list)
+    dynamics: TrainingDynamics | None = None
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -145,6 +153,11 @@ class Trainer:
     :meth:`batch_loss`, which applies them. A subclass that overrides the step and calls
     :meth:`batch_loss` sets True."""
 
+    dynamics: ClassVar[bool | None] = None
+    """Whether ``train.record_dynamics`` is supported: :meth:`batch_loss` records the margins and
+    losses of the training forward pass, which requires it to be called exactly once per step on
+    the whole batch. None (the default): exactly when :meth:`training_step` is not overridden."""
+
     def __init__(
         self,
         *,
@@ -173,6 +186,12 @@ class Trainer:
             nesterov=settings.nesterov and settings.momentum > 0,
             weight_decay=settings.weight_decay,
         )
+        if settings.record_dynamics and not self.records_dynamics():
+            raise ConfigError(
+                f"train.record_dynamics: {type(self).__name__} does not record training dynamics "
+                "(it trains without Trainer's own step); set it to false"
+            )
+        self._recorder: DynamicsRecorder | None = None
 
     # -- hooks for subclasses ------------------------------------------------------------------
 
@@ -203,8 +222,13 @@ class Trainer:
         per-sample weights w (a relabel file's confidences), the loss is the weighted mean
         sum_i w_i l_i / sum_i w_i of the per-sample losses l_i (0 for a batch whose weights are
         all 0); without weights it is the loss's own mean, computed exactly as before.
+
+        With ``train.record_dynamics``, the margins of ``logits`` and the per-sample losses are
+        recorded for the samples ``index`` (:mod:`autorobust.train.dynamics`); the loss returned
+        is the same, bit for bit.
         """
         weights = getattr(self, "train_weights", None)
+        recorder = getattr(self, "_recorder", None)
         groups: torch.Tensor | None = None
         if getattr(self.loss, "uses_groups", False):
             if self.train_groups is None:
@@ -214,17 +238,33 @@ class Trainer:
                 )
             groups = self.train_groups[index]
         if weights is None:
+            if recorder is not None:
+                with torch.no_grad():  # a second evaluation, so the returned loss is unchanged
+                    recorder.record(logits, y, self._per_sample(logits, y, groups), index)
             if groups is None:
                 return self.loss(logits, y)
             return self.loss(logits, y, groups=groups)
-        if groups is not None:
-            group_loss = cast(_GroupSensitiveLoss, self.loss)  # uses_groups: it takes groups
-            losses = group_loss.per_sample(logits, y, groups=groups)
-        else:
-            losses = self.loss.per_sample(logits, y)
+        losses = self._per_sample(logits, y, groups)
+        if recorder is not None:
+            recorder.record(logits, y, losses, index)
         w = weights[index].to(losses.dtype)
         # The clamp only matters for an all-zero batch, whose weighted sum is 0 already.
         return (w * losses).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+    def _per_sample(
+        self, logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None
+    ) -> torch.Tensor:
+        if groups is not None:
+            group_loss = cast(_GroupSensitiveLoss, self.loss)  # uses_groups: it takes groups
+            return group_loss.per_sample(logits, y, groups=groups)
+        return self.loss.per_sample(logits, y)
+
+    @classmethod
+    def records_dynamics(cls) -> bool:
+        """Whether this trainer supports ``train.record_dynamics`` (see :attr:`dynamics`)."""
+        if cls.dynamics is not None:
+            return cls.dynamics
+        return cls.training_step is Trainer.training_step
 
     @classmethod
     def applies_sample_weights(cls) -> bool:
@@ -297,6 +337,11 @@ class Trainer:
             if weights is None
             else torch.as_tensor(weights, dtype=torch.float32, device=self.device)
         )
+        self._recorder = (
+            DynamicsRecorder(y_train, settings.epochs, self.device)
+            if settings.record_dynamics
+            else None
+        )
         num_classes = int(getattr(self.model, "num_classes", int(train.labels.max()) + 1))
         self.augment.check_classes(num_classes)
         steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)
@@ -327,6 +372,13 @@ class Trainer:
                 best_epoch, best_score = checkpoint["best_epoch"], checkpoint["best_score"]
                 best_state = checkpoint["best_model"]
                 history = [EpochRecord(**record) for record in checkpoint["history"]]
+                if self._recorder is not None:
+                    if "dynamics" not in checkpoint:
+                        raise AutorobustError(
+                            f"{self.checkpoint_path}: checkpoint has no recorded dynamics "
+                            "(written without train.record_dynamics); start without --resume"
+                        )
+                    self._recorder.load_state(checkpoint["dynamics"], self.checkpoint_path)
 
         bar = tqdm(
             total=settings.epochs,
@@ -371,14 +423,23 @@ class Trainer:
 
         final = copy.deepcopy(self.model)
         final.load_state_dict(best_state)
+        dynamics = None if self._recorder is None else self._recorder.result()
+        if dynamics is not None and self.run_dir is not None:
+            write_dynamics(Path(self.run_dir) / DYNAMICS_NAME, dynamics)
         return TrainResult(
-            model=final, best_epoch=best_epoch, best_score=best_score, history=history
+            model=final,
+            best_epoch=best_epoch,
+            best_score=best_score,
+            history=history,
+            dynamics=dynamics,
         )
 
     def _train_epoch(
         self, x_train: torch.Tensor, y_train: torch.Tensor, epoch: int, steps_per_epoch: int
     ) -> float:
         seed = _epoch_seed(self.seed, epoch)
+        if self._recorder is not None:
+            self._recorder.epoch = epoch
         generator = torch.Generator(device=self.device).manual_seed(seed)
         order = torch.randperm(len(x_train), generator=generator, device=self.device)
         batch_size = self.settings.batch_size
@@ -432,6 +493,8 @@ class Trainer:
             "normalization": {"mean": list(self.normalize.mean), "std": list(self.normalize.std)},
             "extra": self.extra_state(),
         }
+        if self._recorder is not None:  # only then: without it the keys are those of before
+            state["dynamics"] = self._recorder.state()
         atomic_write(path, lambda handle: torch.save(state, handle))
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
