@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +59,8 @@ __all__ = [
     "load_run_config",
     "train_run",
 ]
+
+_log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.json"
@@ -116,10 +119,21 @@ def check_config(config: ExperimentConfig) -> None:
 def build_splits(config: ExperimentConfig) -> Splits:
     """Load the configured source and apply the configured shift (seeded by ``config.seed``), then
     the relabel file ``data.relabel_file`` if one is given (the training pool is then the kept
-    samples with their new labels; see :func:`autorobust.data.splits.apply_relabel`)."""
+    samples with their new labels; see :func:`autorobust.data.splits.apply_relabel`).
+
+    The meta set is the source's trusted set when it has one; a source of the user's own images
+    without one logs a one-line warning (on stderr unless logging is configured otherwise) that
+    the meta set was drawn from unverified labels."""
     import autorobust.data.sources  # noqa: F401 - registers the sources
 
-    source = create_source(config.data.source, **config.data.options).load()
+    loader = create_source(config.data.source, **config.data.options)
+    source = loader.load()
+    if loader.user_data and source.meta is None:
+        _log.warning(
+            "warning: data.source %r has no trusted set, so the meta set (model selection, "
+            "calibration) was drawn from unverified labels; see README, 'Your own trusted set'",
+            config.data.source,
+        )
     shift = config.shift
     matrix = shift.noise_matrix
     if matrix is not None and len(matrix) != source.num_classes:

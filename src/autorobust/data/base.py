@@ -61,12 +61,24 @@ class ImageDataset:
 
 @dataclass(frozen=True)
 class SourceData:
-    """A source's own train and test splits and its class names."""
+    """A source's own train and test splits and its class names.
+
+    Attributes:
+        train: the labelled training images (labels as given: possibly noisy).
+        test: the test images.
+        class_names: the K class names, in label order.
+        metadata: source-specific facts (files, layout) as plain values.
+        meta: the user's *trusted* images (labels checked by hand), uint8 (M, H, W, C) with int64
+            labels, disjoint from ``train``; when given, :func:`autorobust.data.splits.make_splits`
+            uses them as the meta / validation set instead of drawing one from ``train``. None:
+            the source has no trusted set.
+    """
 
     train: ImageDataset
     test: ImageDataset
     class_names: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
+    meta: ImageDataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +99,10 @@ class DataSource(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    # True for a source of the user's own images (image folders, CSVs, .npz), whose labels nobody
+    # has verified, as opposed to a benchmark whose noise is simulated on clean labels: without a
+    # trusted set, its meta set is drawn from unverified labels (build_splits says so).
+    user_data: ClassVar[bool] = False
 
     @abstractmethod
     def required_files(self) -> list[Path]:

@@ -5,7 +5,10 @@
 1. the source's test split is kept untouched (balanced as shipped) and is only for reporting;
 2. the **meta / validation set**, ``meta_per_class`` clean images of every class, is drawn from
    the source's train split *before* any shift (MW-Net's clean balanced meta set; model
-   selection uses it, never the test set);
+   selection uses it, never the test set). When the source brings the user's own **trusted
+   set** (``SourceData.meta``: an image folder's ``meta/<class>/``, a CSV's trusted rows, an
+   ``.npz``'s ``meta_images``), those images are the meta set instead, whole, and nothing is
+   drawn: the whole train split goes on to step 3;
 3. the rest is subsampled to the imbalance profile, then its labels are corrupted by the noise
    model; clean labels, the noise mask and the indices into the source are kept;
 4. a **relabel file** (``data.relabel_file``, :mod:`autorobust.data.relabel`), when given,
@@ -166,9 +169,11 @@ class Splits:
 
     Attributes:
         train: the shifted training pool (imbalanced, noisy labels, clean labels kept).
-        meta: clean, class-balanced meta / validation set, uint8 images and int64 labels.
+        meta: clean, class-balanced meta / validation set, uint8 images and int64 labels (or
+            the source's trusted set as given, when it has one).
         meta_index: int64 (M,), positions of ``meta`` in the source's train split, sorted;
-            disjoint from ``train.source_index``.
+            disjoint from ``train.source_index``. Empty (0,) when ``meta`` is the source's
+            trusted set, which is not part of its train split.
         test: the source's test split, untouched.
         unlabeled: uint8 (U, H, W, C) images of the unlabeled view; no labels.
         unlabeled_index: int64 (U,), positions of ``unlabeled`` in ``train``, sorted (for
@@ -180,6 +185,8 @@ class Splits:
             images (their clean labels kept for evaluation only); empty without a file, or
             when the file drops nothing. Not part of ``unlabeled`` (CSNAS's label-free view of
             the kept pool), which it does not change.
+        meta_trusted: True when ``meta`` is the source's trusted set (``SourceData.meta``);
+            False when it was drawn from the source's train split.
     """
 
     train: TrainingPool
@@ -191,6 +198,7 @@ class Splits:
     class_names: tuple[str, ...]
     relabel: dict[str, Any] | None = None
     rejected: RejectedSamples | None = None
+    meta_trusted: bool = False
 
     def __post_init__(self) -> None:
         if self.rejected is None:  # a frozen dataclass: set once, here
@@ -218,6 +226,8 @@ class Splits:
             "class_names": list(self.class_names),
             "train_size": len(self.train),
             "meta_size": len(self.meta),
+            "meta_source": "trusted" if self.meta_trusted else "drawn",
+            "image_shape": list(self.train.images.shape[1:]),
             "test_size": len(self.test),
             "unlabeled_size": len(self.unlabeled),
             "train_class_counts": self.train_class_counts.tolist(),
@@ -305,7 +315,8 @@ def make_splits(
     Args:
         source: the source's train and test splits (uint8 (N, H, W, C) images, int64 labels).
         meta_per_class: clean images per class in the meta / validation set, >= 1 (MW-Net: 10
-            per class for imbalance, 100 per class for noise on CIFAR-10).
+            per class for imbalance, 100 per class for noise on CIFAR-10). Unused when the
+            source has a trusted set (``source.meta``), which is the meta set as given.
         imbalance: "none" (keep all remaining images, or exactly ``n_max`` per class when
             ``n_max`` is given), "long_tail" (exponential profile) or "step".
         rho: imbalance ratio n_max / n_min >= 1; must be 1 with imbalance "none".
@@ -368,24 +379,45 @@ def make_splits(
     )
 
     # (2) The meta set comes from the clean pool before any shift, so it stays balanced and
-    # its images can never appear in the training pool.
-    per_class = np.bincount(labels, minlength=k)
-    too_small = np.flatnonzero(per_class <= meta_per_class)
-    if too_small.size:
-        c = int(too_small[0])
-        raise ShiftError(
-            f"meta_per_class={meta_per_class} leaves no training images of class {c} "
-            f"({source.class_names[c]!r} has {int(per_class[c])} in the source train split)"
+    # its images can never appear in the training pool; or it is the user's trusted set, which
+    # is not part of the train split at all (the meta stream is then not used).
+    if source.meta is not None:
+        meta = source.meta
+        info = source.metadata  # names the files in messages
+        where = info.get("meta_csv") or info.get("path") or info.get("root") or "data source"
+        if meta.images.shape[1:] != source.train.images.shape[1:]:
+            raise DataError(
+                f"{where}: the trusted images are {meta.images.shape[1:]} but the training "
+                f"images are {source.train.images.shape[1:]}"
+            )
+        trusted_counts = np.bincount(meta.labels, minlength=k)
+        if (trusted_counts == 0).any():
+            c = int(np.flatnonzero(trusted_counts == 0)[0])
+            raise DataError(
+                f"{where}: the trusted set has no image of class {c} ({source.class_names[c]!r}); "
+                "the meta set selects the epoch by balanced accuracy and needs every class"
+            )
+        meta_index = np.zeros(0, dtype=np.int64)
+        rest = np.arange(len(labels), dtype=np.int64)
+    else:
+        per_class = np.bincount(labels, minlength=k)
+        too_small = np.flatnonzero(per_class <= meta_per_class)
+        if too_small.size:
+            c = int(too_small[0])
+            raise ShiftError(
+                f"meta_per_class={meta_per_class} leaves no training images of class {c} "
+                f"({source.class_names[c]!r} has {int(per_class[c])} in the source train split)"
+            )
+        meta_index = np.sort(
+            np.concatenate(
+                [
+                    meta_rng.choice(np.flatnonzero(labels == c), size=meta_per_class, replace=False)
+                    for c in range(k)
+                ]
+            ).astype(np.int64)
         )
-    meta_index = np.sort(
-        np.concatenate(
-            [
-                meta_rng.choice(np.flatnonzero(labels == c), size=meta_per_class, replace=False)
-                for c in range(k)
-            ]
-        ).astype(np.int64)
-    )
-    rest = np.setdiff1d(np.arange(len(labels), dtype=np.int64), meta_index, assume_unique=True)
+        meta = source.train.subset(meta_index)
+        rest = np.setdiff1d(np.arange(len(labels), dtype=np.int64), meta_index, assume_unique=True)
 
     # (3) Imbalance, then noise, on the rest only.
     counts = _imbalance_counts(imbalance, np.bincount(labels[rest], minlength=k), rho, mu, n_max)
@@ -426,7 +458,7 @@ def make_splits(
     unlabeled_index = _balanced_sample(train.clean_labels, k, unlabeled_fraction, unlabeled_rng)
     return Splits(
         train=train,
-        meta=source.train.subset(meta_index),
+        meta=meta,
         meta_index=meta_index,
         test=source.test,
         unlabeled=train.images[unlabeled_index],
@@ -434,6 +466,7 @@ def make_splits(
         class_names=tuple(source.class_names),
         relabel=relabel_summary,
         rejected=rejected,
+        meta_trusted=source.meta is not None,
     )
 
 

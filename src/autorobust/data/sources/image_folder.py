@@ -20,10 +20,12 @@ from autorobust.data.sources._common import (
 )
 from autorobust.errors import ConfigError, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "decode_images"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 _INTEGER = re.compile(r"[+-]?\d+")
+_TRUE = ("1", "true", "yes", "y", "t")
+_FALSE = ("", "0", "false", "no", "n", "f")
 
 
 @dataclass
@@ -34,6 +36,26 @@ class _Entries:
     files: list[Path]
     labels: list[str]
     groups: list[str] | None
+    trusted: list[bool] | None = None  # a CSV's trusted column, when it has one
+
+    def take(self, keep: list[bool]) -> _Entries:
+        """The rows where ``keep`` is True."""
+        rows = [i for i, k in enumerate(keep) if k]
+        return _Entries(
+            [self.where[i] for i in rows],
+            [self.files[i] for i in rows],
+            [self.labels[i] for i in rows],
+            None if self.groups is None else [self.groups[i] for i in rows],
+        )
+
+    def __add__(self, other: _Entries) -> _Entries:
+        both = self.groups is not None and other.groups is not None
+        return _Entries(
+            self.where + other.where,
+            self.files + other.files,
+            self.labels + other.labels,
+            self.groups + other.groups if both else None,  # type: ignore[operator]
+        )
 
 
 def _check_inside(name: str, image_dir: Path, where: str) -> None:
@@ -73,6 +95,12 @@ class ImageFolderSource(DataSource):
     attribute, integer or name) becomes ``ImageDataset.groups``; names are coded in sorted order
     and listed in ``metadata["group_names"]``.
 
+    **Trusted set** (images whose labels were checked by hand): a ``meta/<class>/`` folder next
+    to ``train/`` (class folders), or, in the CSV layout, the rows whose ``trusted_column`` holds
+    1 / true / yes, and every row of ``meta_csv``. These images become the meta / validation set
+    (``SourceData.meta``) instead of a random draw from the (unverified) training labels; they
+    are neither trained on nor held out for test.
+
     Without a test folder or ``test_csv``, a stratified ``test_fraction`` of every class is held
     out with ``default_rng(split_seed)``. Files with extensions .png, .jpg, .jpeg and .bmp (any
     case) are read, converted to RGB (``channels=3``) or grey (``channels=1``) and resized
@@ -86,6 +114,9 @@ class ImageFolderSource(DataSource):
         image_column: CSV column naming the image file.
         label_column: CSV column holding the label.
         group_column: optional CSV column holding a group attribute (ignored when absent).
+        trusted_column: optional column of ``train_csv`` marking trusted rows (1 / true / yes;
+            0 / false / no / empty for the others); ignored when absent.
+        meta_csv: CSV of trusted images (same columns as ``train_csv``; CSV layout only).
         class_names: the classes in label order; CSV labels may then be these names or indices.
         channels: 3 (RGB) or 1 (grey).
         image_size: side in pixels of the square output images.
@@ -96,6 +127,7 @@ class ImageFolderSource(DataSource):
     """
 
     description = "image files: class folders root/train/<class>/ or a CSV image,label[,group]"
+    user_data = True
     default_root = "~/.cache/autorobust/image-folder"
 
     def __init__(
@@ -108,14 +140,18 @@ class ImageFolderSource(DataSource):
         image_column: str = "image",
         label_column: str = "label",
         group_column: str = "group",
+        trusted_column: str = "trusted",
+        meta_csv: str | Path | None = None,
         class_names: Sequence[str] | None = None,
         channels: int = 3,
         image_size: int = 32,
         test_fraction: float = 0.2,
         split_seed: int = 0,
     ) -> None:
-        if train_csv is None and (test_csv is not None or image_dir is not None):
-            raise ConfigError("image-folder: test_csv and image_dir need train_csv")
+        if train_csv is None and (
+            test_csv is not None or image_dir is not None or meta_csv is not None
+        ):
+            raise ConfigError("image-folder: test_csv and image_dir need train_csv (so does meta_csv)")
         if train_csv is not None and root is not None:
             raise ConfigError(
                 "image-folder: pass either root (class folders) or train_csv, not both"
@@ -133,6 +169,8 @@ class ImageFolderSource(DataSource):
         self.image_column = image_column
         self.label_column = label_column
         self.group_column = group_column
+        self.trusted_column = trusted_column
+        self.meta_csv = meta_csv
         self.class_names = None if class_names is None else tuple(str(n) for n in class_names)
         self.channels = channels
         self.image_size = check_positive_int("image-folder", "image_size", image_size)
@@ -151,10 +189,13 @@ class ImageFolderSource(DataSource):
         if self.train_csv is None:
             return [resolve_path(self.root, self.default_root)]
         train_csv, test_csv, image_dir = self._csv_paths()
-        return [train_csv, *([] if test_csv is None else [test_csv]), image_dir]
+        meta_csv = [] if self.meta_csv is None else [Path(self.meta_csv).expanduser()]
+        return [train_csv, *([] if test_csv is None else [test_csv]), *meta_csv, image_dir]
 
     # ----------------------------------------------------------------------- class folders
-    def _scan_folders(self) -> tuple[_Entries, _Entries | None, dict[str, str]]:
+    def _scan_folders(
+        self,
+    ) -> tuple[_Entries, _Entries | None, _Entries | None, dict[str, str]]:
         root = resolve_path(self.root, self.default_root)
         if not root.is_dir():
             raise DataError(f"{root}: folder not found; pass root= a folder of class folders")
@@ -163,7 +204,9 @@ class ImageFolderSource(DataSource):
         train = self._scan_split(train_dir, allowed=None)
         classes = sorted(set(train.labels))
         test = None if test_dir is None else self._scan_split(test_dir, allowed=classes)
-        return train, test, {"layout": "folders", "root": str(root)}
+        meta_dir = root / "meta" if train_dir != root and (root / "meta").is_dir() else None
+        meta = None if meta_dir is None else self._scan_split(meta_dir, allowed=classes)
+        return train, test, meta, {"layout": "folders", "root": str(root)}
 
     def _scan_split(self, split_dir: Path, allowed: list[str] | None) -> _Entries:
         class_dirs = sorted(
@@ -192,18 +235,31 @@ class ImageFolderSource(DataSource):
         return entries
 
     # -------------------------------------------------------------------------------- CSV
-    def _scan_csvs(self) -> tuple[_Entries, _Entries | None, dict[str, str]]:
+    def _scan_csvs(
+        self,
+    ) -> tuple[_Entries, _Entries | None, _Entries | None, dict[str, str]]:
         train_csv, test_csv, image_dir = self._csv_paths()
         if not image_dir.is_dir():
             raise DataError(f"{image_dir}: image folder not found (image_dir)")
-        train = self._read_csv(train_csv, image_dir)
+        train = self._read_csv(train_csv, image_dir, trusted=True)
         test = None if test_csv is None else self._read_csv(test_csv, image_dir)
+        meta = None
+        if train.trusted is not None and any(train.trusted):
+            meta = train.take(train.trusted)
+            train = train.take([not t for t in train.trusted])
+            if not train.files:
+                raise DataError(f"{train_csv}: every row is trusted; no training image is left")
+        if self.meta_csv is not None:
+            extra = self._read_csv(Path(self.meta_csv).expanduser(), image_dir)
+            meta = extra if meta is None else meta + extra
         info = {"layout": "csv", "train_csv": str(train_csv), "image_dir": str(image_dir)}
         if test_csv is not None:
             info["test_csv"] = str(test_csv)
-        return train, test, info
+        if self.meta_csv is not None:
+            info["meta_csv"] = str(Path(self.meta_csv).expanduser())
+        return train, test, meta, info
 
-    def _read_csv(self, path: Path, image_dir: Path) -> _Entries:
+    def _read_csv(self, path: Path, image_dir: Path, *, trusted: bool = False) -> _Entries:
         if not path.is_file():
             raise DataError(f"{path}: CSV file not found")
         try:
@@ -222,7 +278,10 @@ class ImageFolderSource(DataSource):
                         f"found {', '.join(columns)}"
                     )
                 has_groups = self.group_column in columns
-                entries = _Entries([], [], [], [] if has_groups else None)
+                has_trusted = trusted and self.trusted_column in columns
+                entries = _Entries(
+                    [], [], [], [] if has_groups else None, [] if has_trusted else None
+                )
                 for row in reader:
                     where = f"{path} line {reader.line_num}"
                     entries.where.append(where)
@@ -230,6 +289,8 @@ class ImageFolderSource(DataSource):
                     entries.labels.append(self._cell(row, self.label_column, where))
                     if entries.groups is not None:
                         entries.groups.append(self._cell(row, self.group_column, where))
+                    if entries.trusted is not None:
+                        entries.trusted.append(self._flag(row, self.trusted_column, where))
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"{path}: unreadable CSV ({exc})") from None
         if not entries.files:
@@ -242,6 +303,17 @@ class ImageFolderSource(DataSource):
         if not value:
             raise DataError(f"{where}: empty {column}")
         return value
+
+    @staticmethod
+    def _flag(row: dict[str, str | None], column: str, where: str) -> bool:
+        value = (row.get(column) or "").strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise DataError(
+            f"{where}: {column} must be 1/true/yes or 0/false/no (or empty), got {value!r}"
+        )
 
     def _find_image(self, row: dict[str, str | None], image_dir: Path, where: str) -> Path:
         name = self._cell(row, self.image_column, where)
@@ -259,9 +331,9 @@ class ImageFolderSource(DataSource):
 
     # ------------------------------------------------------------------------ labels, groups
     def _label_codes(
-        self, train: _Entries, test: _Entries | None
+        self, train: _Entries, *others: _Entries
     ) -> tuple[list[np.ndarray], tuple[str, ...]]:
-        splits = [train] if test is None else [train, test]
+        splits = [train, *others]
         if self.class_names is not None:
             names = self.class_names
             index = {name: i for i, name in enumerate(names)}
@@ -292,20 +364,20 @@ class ImageFolderSource(DataSource):
         names = tuple(sorted(set(train.labels)))
         index = {name: i for i, name in enumerate(names)}
         codes = [np.asarray([index.get(v, -1) for v in train.labels], dtype=np.int64)]
-        if test is not None:
-            for where, label in zip(test.where, test.labels, strict=True):
+        for other in others:
+            for where, label in zip(other.where, other.labels, strict=True):
                 if label not in index:
                     raise DataError(
                         f"{where}: label {label!r} does not occur in the training split"
                     )
-            codes.append(np.asarray([index[v] for v in test.labels], dtype=np.int64))
+            codes.append(np.asarray([index[v] for v in other.labels], dtype=np.int64))
         return codes, names
 
     @staticmethod
     def _group_codes(
-        train: _Entries, test: _Entries | None
+        train: _Entries, *others: _Entries
     ) -> tuple[list[np.ndarray | None], tuple[str, ...] | None]:
-        splits = [train] if test is None else [train, test]
+        splits = [train, *others]
         every = [g for split in splits if split.groups is not None for g in split.groups]
         if not every:
             return [None] * len(splits), None
@@ -323,34 +395,22 @@ class ImageFolderSource(DataSource):
 
     # ------------------------------------------------------------------------------ decode
     def _decode(self, files: list[Path]) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError  # imported when images are read
-
-        size, mode = self.image_size, "RGB" if self.channels == 3 else "L"
-        images = np.empty((len(files), size, size, self.channels), dtype=np.uint8)
-        for i, path in enumerate(files):
-            try:
-                with Image.open(path) as image:
-                    converted = image.convert(mode)
-                if converted.size != (size, size):
-                    converted = converted.resize((size, size), Image.Resampling.BILINEAR)
-                pixels = np.asarray(converted, dtype=np.uint8)
-            except UnidentifiedImageError:
-                raise DataError(
-                    f"{path}: not a readable image (unknown or corrupt format)"
-                ) from None
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise DataError(f"{path}: unreadable or corrupt image ({exc})") from None
-            images[i] = pixels.reshape(size, size, self.channels)
-        return images
+        size = self.image_size
+        return decode_images(files, height=size, width=size, channels=self.channels)
 
     def load(self) -> SourceData:
         """Scan, check and decode the images; raise :class:`DataError` naming a faulty file."""
         if self.train_csv is None:
-            train, test, info = self._scan_folders()
+            train, test, meta, info = self._scan_folders()
         else:
-            train, test, info = self._scan_csvs()
-        label_codes, class_names = self._label_codes(train, test)
-        group_codes, group_names = self._group_codes(train, test)
+            train, test, meta, info = self._scan_csvs()
+        others = [split for split in (test, meta) if split is not None]
+        label_codes, class_names = self._label_codes(train, *others)
+        group_codes, group_names = self._group_codes(train, *others)
+        meta_set = None
+        if meta is not None:
+            at = len(others)  # the meta set is the last of the codes
+            meta_set = ImageDataset(self._decode(meta.files), label_codes[at], group_codes[at])
         full_train = ImageDataset(self._decode(train.files), label_codes[0], group_codes[0])
         train_files = [str(p) for p in train.files]
         if test is None:
@@ -372,6 +432,47 @@ class ImageFolderSource(DataSource):
         }
         if group_names is not None:
             metadata["group_names"] = group_names
+        if meta is not None:
+            metadata["meta_files"] = tuple(str(p) for p in meta.files)
         return SourceData(
-            train=train_set, test=test_set, class_names=class_names, metadata=metadata
+            train=train_set,
+            test=test_set,
+            class_names=class_names,
+            metadata=metadata,
+            meta=meta_set,
         )
+
+
+def decode_images(files: Sequence[Path], *, height: int, width: int, channels: int) -> np.ndarray:
+    """Decode image files as the image-folder source does: Pillow, converted to RGB
+    (``channels=3``) or grey (``channels=1``), resized bilinearly to ``width`` x ``height``.
+
+    Args:
+        files: the N image files.
+        height: H, output rows in pixels.
+        width: W, output columns in pixels.
+        channels: C, 1 or 3.
+
+    Returns:
+        uint8 (N, H, W, C).
+
+    Raises:
+        DataError: one line naming a file that is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError  # imported when images are read
+
+    mode = "RGB" if channels == 3 else "L"
+    images = np.empty((len(files), height, width, channels), dtype=np.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                converted = image.convert(mode)
+            if converted.size != (width, height):
+                converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(converted, dtype=np.uint8)
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: unreadable or corrupt image ({exc})") from None
+        images[i] = pixels.reshape(height, width, channels)
+    return images

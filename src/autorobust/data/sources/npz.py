@@ -16,6 +16,7 @@ from autorobust.errors import ConfigError, DataError
 __all__ = ["NpzSource"]
 
 _KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+_META_KEYS = ("meta_images", "meta_labels")  # optional: the user's trusted set
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 
@@ -28,6 +29,10 @@ class NpzSource(DataSource):
     the file can run. ``val_images`` / ``val_labels``, when present, are ignored: validation data
     are drawn from the training split by the shift pipeline like for every other source (their
     presence is recorded in ``metadata["ignored_keys"]``).
+
+    **Trusted set**: an optional pair ``meta_images`` / ``meta_labels`` (same rules as the other
+    arrays) holds images whose labels were checked by hand; they become the meta / validation
+    set (``SourceData.meta``) instead of a random draw from the training labels.
 
     Rules:
         * images (N, H, W) get a channel axis; (N, H, W, 1) and (N, H, W, 3) are kept;
@@ -45,6 +50,7 @@ class NpzSource(DataSource):
     ``load`` returns images uint8 (N, H, W, C) and labels int64 in [0, num_classes).
     """
 
+    user_data = True
     description = "MedMNIST-style .npz archive (train/test images and labels)"
     default_path = "~/.cache/autorobust/dataset.npz"
 
@@ -104,8 +110,14 @@ class NpzSource(DataSource):
                         f"{path}: missing array(s) {', '.join(missing)}; found "
                         f"{', '.join(names) or 'none'}"
                     )
+                present = [key for key in _META_KEYS if key in names]
+                if len(present) == 1:
+                    other = _META_KEYS[1 - _META_KEYS.index(present[0])]
+                    raise DataError(
+                        f"{path}: has {present[0]} but no {other}; a trusted set needs both"
+                    )
                 arrays = {}
-                for key in _KEYS:
+                for key in (*_KEYS, *present):
                     arrays[key] = archive[key]
         except DataError:
             raise
@@ -121,7 +133,7 @@ class NpzSource(DataSource):
             ) from None
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        ignored = [name for name in names if name not in _KEYS]
+        ignored = [name for name in names if name not in (*_KEYS, *_META_KEYS)]
         return arrays, ignored
 
     def _images(self, images: np.ndarray, key: str) -> np.ndarray:
@@ -163,7 +175,9 @@ class NpzSource(DataSource):
         path = self.file
         arrays, ignored = self._read()
         splits = {}
-        for split in ("train", "test"):
+        for split in ("train", "test", "meta"):
+            if f"{split}_images" not in arrays:  # no trusted set
+                continue
             images = self._images(arrays[f"{split}_images"], f"{split}_images")
             labels = self._labels(arrays[f"{split}_labels"], f"{split}_labels")
             if len(images) != len(labels):
@@ -174,11 +188,12 @@ class NpzSource(DataSource):
             splits[split] = (images, labels)
         if len(splits["train"][1]) == 0:
             raise DataError(f"{path}: train_images holds no images")
-        if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
-            raise DataError(
-                f"{path}: test_images are {splits['test'][0].shape[1:]} per image but "
-                f"train_images are {splits['train'][0].shape[1:]}"
-            )
+        for split in splits:
+            if splits["train"][0].shape[1:] != splits[split][0].shape[1:]:
+                raise DataError(
+                    f"{path}: {split}_images are {splits[split][0].shape[1:]} per image but "
+                    f"train_images are {splits['train'][0].shape[1:]}"
+                )
         num_classes = self.num_classes
         if num_classes is None and self.class_names is not None:
             num_classes = len(self.class_names)
@@ -197,4 +212,5 @@ class NpzSource(DataSource):
             test=datasets["test"],
             class_names=class_names,
             metadata={"source": "npz", "path": str(path), "ignored_keys": tuple(ignored)},
+            meta=datasets.get("meta"),
         )
