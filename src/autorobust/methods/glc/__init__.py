@@ -14,26 +14,32 @@ from autorobust.methods.glc.loss import ForwardCorrectedLoss
 from autorobust.methods.glc.noise_model import (
     DEFAULT_FLOOR,
     DEFAULT_PSEUDO_COUNT,
+    DEFAULT_RESAMPLES,
     NoiseModel,
+    NoiseModelCheck,
     confusion_matrix,
     estimate_clean_counts,
     estimate_noise_model,
     estimate_transition,
     estimate_transition_confusion,
     noise_model_errors,
+    shrink_noise_model,
     true_transition,
 )
 
 __all__ = [
     "DEFAULT_FLOOR",
     "DEFAULT_PSEUDO_COUNT",
+    "DEFAULT_RESAMPLES",
     "ForwardCorrectedLoss",
     "NoiseModel",
+    "NoiseModelCheck",
     "confusion_matrix",
     "estimate_clean_counts",
     "estimate_noise_model",
     "estimate_transition",
     "estimate_transition_confusion",
     "noise_model_errors",
+    "shrink_noise_model",
     "true_transition",
 ]

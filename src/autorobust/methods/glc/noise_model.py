@@ -45,13 +45,16 @@ from autorobust.errors import ConfigError, DataError
 __all__ = [
     "DEFAULT_FLOOR",
     "DEFAULT_PSEUDO_COUNT",
+    "DEFAULT_RESAMPLES",
     "NoiseModel",
+    "NoiseModelCheck",
     "confusion_matrix",
     "estimate_clean_counts",
     "estimate_noise_model",
     "estimate_transition",
     "estimate_transition_confusion",
     "noise_model_errors",
+    "shrink_noise_model",
     "true_transition",
 ]
 
@@ -61,6 +64,13 @@ DEFAULT_FLOOR = 0.01
 DEFAULT_PSEUDO_COUNT = 10.0
 """Correct predictions added per class to the probe's meta-set confusion before it is undone."""
 
+DEFAULT_RESAMPLES = 200
+"""Bootstrap resamples of the meta set and the pool that :func:`estimate_noise_model`'s check
+draws (``check=True``)."""
+
+_USED_ABOVE = 0.9  # λ at or above: the estimate is used as it is (λ = 1)
+_REJECTED_BELOW = 0.1  # λ below: the estimate is rejected (λ = 0, no noise)
+_STATUSES = ("used", "shrunk", "rejected")
 _FORMAT = "autorobust-noise-model"
 _VERSION = 1
 _ROW_TOLERANCE = 1e-6
@@ -139,7 +149,12 @@ def estimate_transition(
 
 
 def confusion_matrix(
-    predicted: np.ndarray, labels: np.ndarray, num_classes: int, *, pseudo_count: float = 0.0
+    predicted: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    pseudo_count: float = 0.0,
+    target: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row-normalised confusion M_ij = P(ŷ = j | y = i), float64 (K, K), of predictions int (M,)
     against true labels int (M,).
@@ -149,17 +164,29 @@ def confusion_matrix(
     s / (m_i + s). With 10 meta images per class one image moves an entry by 0.1, and inverting
     such a noisy M amplifies it; the shrinkage trades that variance for a bias that fades as the
     meta set grows. A class without a labelled image gets the identity row.
+
+    ``target``: optional float (K, K) row-stochastic matrix to shrink towards instead of the
+    identity: row i is then (counts_i + s target_i) / (m_i + s) (a class without an image gets
+    target_i). :func:`estimate_noise_model` with ``confusion_target="pool"`` passes the probe's
+    prediction distribution per observed label on the pool (see there).
     """
     k = _check_num_classes(num_classes)
     y = _check_labels(labels, len(np.asarray(labels)), k, "labels")
     pred = _check_labels(predicted, len(y), k, "predicted")
     if not (np.isfinite(pseudo_count) and pseudo_count >= 0):
         raise ValueError(f"pseudo_count must be a number >= 0, got {pseudo_count!r}")
+    base = np.eye(k)
+    if target is not None:
+        base = np.asarray(target, dtype=np.float64)
+        if base.shape != (k, k) or not np.isfinite(base).all() or (base < 0).any():
+            raise ValueError(f"target must be a finite ({k}, {k}) matrix >= 0, got {base.shape}")
+        if (np.abs(base.sum(axis=1) - 1.0) > _ROW_TOLERANCE).any():
+            raise ValueError("target rows must sum to 1")
     counts = np.zeros((k, k))
     np.add.at(counts, (y, pred), 1.0)
-    counts += pseudo_count * np.eye(k)
+    counts += pseudo_count * base
     totals = counts.sum(axis=1, keepdims=True)
-    return np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), np.eye(k))
+    return np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), base)
 
 
 def estimate_transition_confusion(
@@ -286,6 +313,90 @@ def true_transition(
 
 
 @dataclass(frozen=True)
+class NoiseModelCheck:
+    """The ground-truth-free check of an estimate and the shrinkage it chose
+    (:func:`estimate_noise_model` with ``check=True``; the rule is in its docstring).
+
+    Attributes:
+        status: "used" (λ = 1, the estimate as it is), "shrunk" (0 < λ < 1) or "rejected"
+            (λ = 0: T̂ = I and n̂ = the observed counts, floored).
+        shrinkage: λ in [0, 1], the weight of the raw estimate in the model.
+        reason: one sentence for a report, with the numbers behind the decision.
+        departure: ‖n̂_raw − observed‖₂ / N, how far the raw estimate moves the prior (a fraction
+            of the pool, L2 over classes).
+        spread: the root mean square over resamples of ‖d_b − d̄‖₂ / N, with d_b the departure
+            vector n̂_b − observed_b of resample b (same unit as ``departure``).
+        resamples: B, the bootstrap resamples drawn.
+        raw_clean_counts: K floats, n̂ of the raw estimate (before the shrinkage).
+    """
+
+    status: str
+    shrinkage: float
+    reason: str
+    departure: float
+    spread: float
+    resamples: int
+    raw_clean_counts: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.status not in _STATUSES:
+            raise ConfigError(
+                f"noise model check: status must be one of {', '.join(_STATUSES)}, "
+                f"got {self.status!r}"
+            )
+        values = (self.shrinkage, self.departure, self.spread)
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+            raise ConfigError("noise model check: shrinkage, departure, spread must be numbers")
+        if not 0.0 <= self.shrinkage <= 1.0:
+            raise ConfigError(
+                f"noise model check: shrinkage must be in [0, 1], got {self.shrinkage}"
+            )
+        if not isinstance(self.reason, str) or not self.reason:
+            raise ConfigError("noise model check: reason must be a non-empty string")
+        object.__setattr__(self, "shrinkage", float(self.shrinkage))
+        object.__setattr__(self, "departure", float(self.departure))
+        object.__setattr__(self, "spread", float(self.spread))
+        object.__setattr__(self, "resamples", int(self.resamples))
+        object.__setattr__(self, "raw_clean_counts", tuple(float(v) for v in self.raw_clean_counts))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (what ``NoiseModel.to_dict()["check"]`` holds)."""
+        return {
+            "status": self.status,
+            "shrinkage": self.shrinkage,
+            "reason": self.reason,
+            "departure": self.departure,
+            "spread": self.spread,
+            "resamples": self.resamples,
+            "raw_clean_counts": list(self.raw_clean_counts),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> NoiseModelCheck:
+        """The check :meth:`to_dict` describes; ``ValueError`` (one line) naming the field."""
+        if not isinstance(data, dict):
+            raise ValueError("check must be a mapping")
+        fields = ("status", "shrinkage", "reason", "departure", "spread", "resamples")
+        missing = [key for key in (*fields, "raw_clean_counts") if key not in data]
+        if missing:
+            raise ValueError(f"check is missing {', '.join(missing)}")
+        raw = data["raw_clean_counts"]
+        if not isinstance(raw, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw
+        ):
+            raise ValueError("check.raw_clean_counts must be a list of numbers")
+        for key in ("shrinkage", "departure", "spread"):
+            if isinstance(data[key], bool) or not isinstance(data[key], (int, float)):
+                raise ValueError(f"check.{key} must be a number, got {data[key]!r}")
+        if isinstance(data["resamples"], bool) or not isinstance(data["resamples"], int):
+            raise ValueError(f"check.resamples must be an integer, got {data['resamples']!r}")
+        try:
+            return cls(**{key: data[key] for key in fields}, raw_clean_counts=tuple(raw))
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("noise model ")) from None
+
+
+@dataclass(frozen=True)
 class NoiseModel:
     """An estimated noise model: T̂, the clean counts n̂ and the observed counts it explains.
 
@@ -295,6 +406,9 @@ class NoiseModel:
         observed_counts: int64 (K,) >= 0, observed labels per class in the pool.
         method: how it was estimated ("glc", "confusion", "confusion_corrected" or "given").
         info: JSON-serialisable notes (the floor, the probe), written with the model.
+        check: the ground-truth-free check and its shrinkage (:class:`NoiseModelCheck`), or None
+            for an unchecked estimate; in the file under ``"check"`` (absent when None, and a
+            file without it loads with None).
 
     Construction validates everything (``ConfigError``); :meth:`load` names the file instead.
     """
@@ -304,6 +418,7 @@ class NoiseModel:
     observed_counts: np.ndarray
     method: str = "given"
     info: dict[str, Any] = field(default_factory=dict)
+    check: NoiseModelCheck | None = None
 
     FORMAT: ClassVar[str] = _FORMAT
 
@@ -320,6 +435,8 @@ class NoiseModel:
         object.__setattr__(self, "clean_counts", n)
         object.__setattr__(self, "observed_counts", obs)
         object.__setattr__(self, "info", dict(self.info))
+        if self.check is not None and not isinstance(self.check, NoiseModelCheck):
+            raise ConfigError(f"noise model: check must be a NoiseModelCheck, got {self.check!r}")
 
     @property
     def num_classes(self) -> int:
@@ -337,8 +454,9 @@ class NoiseModel:
         return self.observed_counts / self.observed_counts.sum()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values: the format tag, T̂, n̂, the observed counts, π̂ (for reading only)."""
-        return {
+        """Plain JSON values: the format tag, T̂, n̂, the observed counts, π̂ (for reading only)
+        and, for a checked estimate, ``check``."""
+        data = {
             "format": _FORMAT,
             "version": _VERSION,
             "method": self.method,
@@ -349,6 +467,9 @@ class NoiseModel:
             "prior": self.prior.tolist(),
             "info": self.info,
         }
+        if self.check is not None:
+            data["check"] = self.check.to_dict()
+        return data
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` to ``path`` atomically; returns the path."""
@@ -387,7 +508,16 @@ class NoiseModel:
             )
         except ValueError as exc:
             raise DataError(f"{where}: {exc}") from None
-        return cls(transition=t, clean_counts=n, observed_counts=obs, method=method, info=info)
+        check = None
+        if data.get("check") is not None:
+            try:
+                check = NoiseModelCheck.from_dict(data["check"])
+            except ValueError as exc:
+                raise DataError(f"{where}: {exc}") from None
+        return cls(
+            transition=t, clean_counts=n, observed_counts=obs, method=method, info=info,
+            check=check,
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> NoiseModel:
@@ -470,9 +600,13 @@ def estimate_noise_model(
     probe_tau: float = 0.0,
     correct_confusion: bool = True,
     pseudo_count: float = DEFAULT_PSEUDO_COUNT,
+    confusion_target: Literal["identity", "pool"] = "identity",
     floor: float = DEFAULT_FLOOR,
     class_names: Sequence[str] | None = None,
     info: dict[str, Any] | None = None,
+    check: bool = False,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
 ) -> NoiseModel:
     """Estimate the noise model of a pool from a probe's logits (module docstring).
 
@@ -498,14 +632,189 @@ def estimate_noise_model(
             (:func:`confusion_matrix`; with ``correct_confusion`` only). Default 10: half way
             with 10 meta images per class. Undone without shrinkage (0), the confusion of 10
             images per class made every error larger than no correction at all.
+        confusion_target: what the meta-set confusion M is shrunk towards by ``pseudo_count``:
+            "identity" (the default, as before) or "pool", the probe's prediction distribution
+            among the pool images of each observed label, q_j = C_{:,j} / observed_j. Why "pool":
+            shrinking M towards the identity says "the probe never confuses these classes", so
+            the confusion of overlapping classes (Shirt / T-shirt) that the shrinkage removes is
+            explained as label noise. Without noise q_j is the probe's confusion of class j
+            itself (measured on hundreds of pool images instead of 10 meta images), so the
+            shrinkage adds no bias; with noise q_j mixes the rows of the classes whose labels
+            flipped to j, and M = q makes C = Mᵀ diag(observed) hold exactly: full shrinkage
+            towards "pool" is the estimate "no noise" (T̂ = I, n̂ = observed). Its bias is
+            towards no noise, the observed counts, never towards inventing noise.
         floor: smallest clean count as a fraction of N / K (:func:`estimate_clean_counts`).
         class_names: optional names for error messages.
         info: extra notes stored with the model.
+        check: check the estimate without ground truth and shrink it towards "no noise"
+            (below); off by default, which returns the raw estimate with ``check`` None.
+        resamples: B >= 20 bootstrap resamples of the check.
+        seed: seed of the check's resampling (the check is deterministic given it).
+
+    The check (``check=True``). The raw estimate n̂ departs from the observed counts by
+    d = n̂ − observed. Its sampling error is measured by re-estimating on B bootstrap resamples:
+    the meta set resampled with replacement within each class (stratified: every class keeps its
+    size) and the pool resampled with replacement, giving d_b = n̂_b − observed_b. With the
+    signal S = ‖d‖² and the noise V = mean_b ‖d_b − d̄‖², the shrinkage factor is the positive
+    part of the James–Stein factor (James & Stein 1961; Efron & Morris 1973),
+    λ = max(0, 1 − V / S), and the model is the mixture of the raw joint counts with "no noise":
+    diag(n(λ)) T(λ) = λ diag(n̂) T̂ + (1 − λ) diag(observed), so n(λ) = λ n̂ + (1 − λ) observed
+    and T(λ) moves towards the identity. λ < 0.1 is rounded to 0 (status "rejected": the evidence
+    of noise is not larger than the estimate's own sampling error), λ >= 0.9 to 1 ("used"),
+    anything between is "shrunk".
+
+    Why the meta set's resampling matters most, and the bias it catches: what the confusion
+    estimator undoes, the probe's confusion M on the meta set, is measured on ~10 images per
+    class; for overlapping classes (Shirt / T-shirt) M's off-diagonal is large and its estimate
+    from 10 images swings by 0.1 per image, and the pseudo-count shrinkage of M towards the
+    identity reads the part of the overlap it removes as label noise. A resample that draws
+    the overlapping images more or less often moves n̂ of those classes by hundreds, so V is
+    large exactly where the estimate confuses overlap with noise, and λ falls. The pool's
+    resampling adds its (small) sampling error. What the bootstrap cannot see is a bias common
+    to every resample (a probe that memorised the noisy labels agrees with them on the pool and
+    hides the noise); that errs towards "no noise", the observed counts, which is the safe side
+    for a prior. Measured in benchmarks/noise_model.py (README, "Noise model").
 
     Returns:
         The :class:`NoiseModel`; ``method`` is "glc", "confusion" or "confusion_corrected", and
         ``info`` holds ``floor``, ``probe_tau`` and ``floored_classes`` (those the floor raised).
+        With ``check``, ``transition`` and ``clean_counts`` are the shrunk ones, ``check`` the
+        :class:`NoiseModelCheck` (with the raw n̂).
     """
+    arguments: dict[str, Any] = {
+        "observed_labels": observed_labels, "num_classes": num_classes, "method": method,
+        "meta_logits": meta_logits, "meta_labels": meta_labels, "pool_logits": pool_logits,
+        "probe_tau": probe_tau, "correct_confusion": correct_confusion,
+        "pseudo_count": pseudo_count, "confusion_target": confusion_target, "floor": floor,
+        "class_names": class_names, "info": info,
+    }  # fmt: skip
+    raw = _estimate(**arguments)
+    if not check:
+        return raw
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 20:
+        raise ValueError(f"resamples must be an integer >= 20, got {resamples!r}")
+    return _checked(raw, arguments, resamples=resamples, seed=seed)
+
+
+def _checked(
+    raw: NoiseModel, arguments: dict[str, Any], *, resamples: int, seed: int
+) -> NoiseModel:
+    """``raw`` shrunk by the bootstrap check of :func:`estimate_noise_model`."""
+    rng = np.random.default_rng(seed)
+    k = raw.num_classes
+    obs_labels = np.asarray(arguments["observed_labels"])
+    pool_logits, meta_logits = arguments["pool_logits"], arguments["meta_logits"]
+    meta_labels = arguments["meta_labels"]
+    uses_meta = arguments["method"] == "glc" or bool(arguments["correct_confusion"])
+    by_class = []
+    if uses_meta:
+        meta_y = np.asarray(meta_labels)
+        by_class = [np.flatnonzero(meta_y == c) for c in range(k)]
+    departures = np.empty((resamples, k))
+    for b in range(resamples):
+        pool_index = rng.integers(0, len(obs_labels), len(obs_labels))
+        resampled = dict(arguments, observed_labels=obs_labels[pool_index])
+        if pool_logits is not None:
+            resampled["pool_logits"] = np.asarray(pool_logits)[pool_index]
+        if uses_meta:
+            meta_index = np.concatenate(
+                [rng.choice(index, len(index)) for index in by_class if len(index)]
+            )
+            resampled["meta_logits"] = np.asarray(meta_logits)[meta_index]
+            resampled["meta_labels"] = np.asarray(meta_labels)[meta_index]
+        model = _estimate(**resampled)
+        departures[b] = model.clean_counts - model.observed_counts
+    total = float(raw.observed_counts.sum())
+    departure = raw.clean_counts - raw.observed_counts
+    signal = float(departure @ departure)
+    variance = float(((departures - departures.mean(axis=0)) ** 2).sum(axis=1).mean())
+    factor = max(0.0, 1.0 - variance / signal) if signal > 0 else 0.0
+    moved, spread = np.sqrt(signal) / total, np.sqrt(variance) / total
+    if factor < _REJECTED_BELOW:
+        status, factor = "rejected", 0.0
+        reason = (
+            f"rejected: the estimate moves the prior by {moved:.3f} (L2), not clearly more than "
+            f"its bootstrap spread {spread:.3f} over {resamples} resamples of the meta set and "
+            f"pool, so the observed counts are used (no noise)"
+        )
+    elif factor >= _USED_ABOVE:
+        status, factor = "used", 1.0
+        reason = (
+            f"used: the estimate moves the prior by {moved:.3f} (L2), {moved / spread:.1f} times "
+            f"its bootstrap spread {spread:.3f} over {resamples} resamples of the meta set and pool"
+        )
+    else:
+        status = "shrunk"
+        reason = (
+            f"shrunk by λ = {factor:.2f} towards no noise: the estimate moves the prior by "
+            f"{moved:.3f} (L2), only {moved / spread:.1f} times its bootstrap spread {spread:.3f} "
+            f"over {resamples} resamples of the meta set and pool"
+        )
+    verdict = NoiseModelCheck(
+        status=status, shrinkage=factor, reason=reason, departure=moved, spread=spread,
+        resamples=resamples, raw_clean_counts=tuple(raw.clean_counts),
+    )  # fmt: skip
+    return shrink_noise_model(raw, factor, check=verdict, floor=float(arguments["floor"]))
+
+
+def shrink_noise_model(
+    model: NoiseModel,
+    factor: float,
+    *,
+    check: NoiseModelCheck | None = None,
+    floor: float = DEFAULT_FLOOR,
+) -> NoiseModel:
+    """``model`` moved towards "no noise" by the weight ``factor`` = λ in [0, 1] of the estimate.
+
+    The joint counts mix: diag(n(λ)) T(λ) = λ diag(n̂) T̂ + (1 − λ) diag(observed), so
+    n(λ) = λ n̂ + (1 − λ) observed (float (K,), summing to N; then floored as in
+    :func:`estimate_clean_counts`) and row i of T(λ) is the mixed row i over n(λ)_i (the identity
+    row for a class without mass). λ = 1 returns ``model``'s T̂ and n̂, λ = 0 T = I and the
+    observed counts. ``check`` is stored in the result (``model.check`` when None).
+    """
+    if not (np.isfinite(factor) and 0.0 <= factor <= 1.0):
+        raise ValueError(f"factor must be in [0, 1], got {factor!r}")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
+    k = model.num_classes
+    observed = model.observed_counts.astype(np.float64)
+    joint = factor * model.clean_counts[:, None] * model.transition + (1 - factor) * np.diag(
+        observed
+    )
+    counts = joint.sum(axis=1)
+    transition = np.where(
+        counts[:, None] > 0, joint / np.maximum(counts, 1e-300)[:, None], np.eye(k)
+    )
+    transition = transition / transition.sum(axis=1, keepdims=True)
+    counts = counts * (observed.sum() / counts.sum())
+    counts = _apply_floor(counts, floor * observed.sum() / k)
+    return NoiseModel(
+        transition=transition,
+        clean_counts=counts,
+        observed_counts=model.observed_counts,
+        method=model.method,
+        info=model.info,
+        check=model.check if check is None else check,
+    )
+
+
+def _estimate(
+    *,
+    observed_labels: np.ndarray,
+    num_classes: int,
+    method: str,
+    meta_logits: np.ndarray | None,
+    meta_labels: np.ndarray | None,
+    pool_logits: np.ndarray | None,
+    probe_tau: float,
+    correct_confusion: bool,
+    pseudo_count: float,
+    confusion_target: str,
+    floor: float,
+    class_names: Sequence[str] | None,
+    info: dict[str, Any] | None,
+) -> NoiseModel:
+    """The raw estimate of :func:`estimate_noise_model` (its arguments, no check)."""
     k = _check_num_classes(num_classes)
     obs_labels = _check_labels(observed_labels, len(np.asarray(observed_labels)), k, "labels")
     observed = np.bincount(obs_labels, minlength=k)
@@ -525,14 +834,26 @@ def estimate_noise_model(
     elif method == "confusion":
         if pool_logits is None:
             raise ValueError("method 'confusion' needs pool_logits")
+        predicted = _logits(pool_logits, k, "pool_logits").argmax(1)
         m = None
         if correct_confusion:
             if meta_logits is None or meta_labels is None:
                 raise ValueError("correct_confusion needs meta_logits and meta_labels")
+            if confusion_target not in ("identity", "pool"):
+                raise ValueError(
+                    f"confusion_target must be 'identity' or 'pool', got {confusion_target!r}"
+                )
+            target = None
+            if confusion_target == "pool":
+                joint = np.zeros((k, k))
+                np.add.at(joint, (obs_labels, predicted), 1.0)
+                rows = joint.sum(axis=1, keepdims=True)
+                target = np.where(rows > 0, joint / np.maximum(rows, 1.0), np.eye(k))
             meta_predicted = _logits(meta_logits, k, "meta_logits").argmax(1)
-            m = confusion_matrix(meta_predicted, meta_labels, k, pseudo_count=pseudo_count)
+            m = confusion_matrix(
+                meta_predicted, meta_labels, k, pseudo_count=pseudo_count, target=target
+            )
             name = "confusion_corrected"
-        predicted = _logits(pool_logits, k, "pool_logits").argmax(1)
         transition, solved = estimate_transition_confusion(
             predicted, obs_labels, k, meta_confusion=m
         )
@@ -544,6 +865,8 @@ def estimate_noise_model(
     notes: dict[str, Any] = {"floor": floor, "probe_tau": float(probe_tau)}
     if correct_confusion:
         notes["pseudo_count"] = float(pseudo_count)
+        if confusion_target != "identity":
+            notes["confusion_target"] = confusion_target
     notes["floored_classes"] = floored
     return NoiseModel(
         transition=transition,
