@@ -17,7 +17,7 @@ __all__ = ["DesignConfig", "MetaScore"]
 
 Treatment = Literal["none", "transition", "selection", "mwnet"]
 LossFamily = Literal["cross_entropy", "logit_adjustment", "autobalance"]
-Detector = Literal["posterior", "prototype", "small_loss"]
+Detector = Literal["posterior", "prototype", "small_loss", "aum", "mean_loss", "agreement"]
 Rule = Literal["meta_quantile", "gmm", "otsu"]
 MetaScore = Literal["calibrated_log_loss", "log_loss", "error"]
 

@@ -27,7 +27,15 @@ META_LOGITS = np.array([[2.0, 0.0], [0.0, 0.0]])
 
 
 def test_registry_names() -> None:
-    assert DETECTORS.names() == ["posterior", "prototype", "small_loss", "weights"]
+    assert DETECTORS.names() == [
+        "agreement",
+        "aum",
+        "mean_loss",
+        "posterior",
+        "prototype",
+        "small_loss",
+        "weights",
+    ]
     with pytest.raises(UnknownNameError, match=r"selection\.detector: unknown detector 'loss'"):
         create_detector("loss")
     with pytest.raises(ConfigError, match="detector 'posterior' has no option 'margin'"):

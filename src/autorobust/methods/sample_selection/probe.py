@@ -4,7 +4,10 @@ The arrays are plain numpy, so that whatever trained the probe (a pipeline, a sc
 method through its files) can hand them over. :func:`collect_probe_outputs` computes them for a
 :class:`~autorobust.models.Classifier`, :func:`run_probe_outputs` for a finished training run;
 :func:`read_sample_weights` reads MW-Net's
-``sample_weights.npz`` (written by ``method: reweight``) for the ``weights`` detector.
+``sample_weights.npz`` (written by ``method: reweight``) for the ``weights`` detector, and
+:func:`run_probe_outputs` adds the training dynamics a probe run recorded
+(``train.record_dynamics``, :mod:`autorobust.train.dynamics`) for the ``aum``, ``mean_loss`` and
+``agreement`` detectors.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from autorobust.data.tensors import Normalization, images_to_tensor
 from autorobust.errors import DataError
 from autorobust.losses.base import ClassificationLoss
 from autorobust.models.base import Classifier
+from autorobust.train.dynamics import DYNAMICS_NAME, read_dynamics
 
 if TYPE_CHECKING:
     from autorobust.config import ExperimentConfig
@@ -56,6 +60,10 @@ class ProbeOutputs:
             posterior, whose confidence the noise caps (40% symmetric noise: no pool sample
             reached 0.9 after 5 epochs on Fashion-MNIST), so these may come from a model trained
             on the kept samples, or be corrected by a noise model.
+        margins: float (N, E), each sample's margin (logit of the observed label minus the
+            largest other logit) in the training forward pass of each of E epochs (Pleiss et al.
+            2020, AUM; ``dynamics.npz`` of a run with ``train.record_dynamics``).
+        epoch_losses: float (N, E), its per-sample training loss at each epoch (the same file).
     """
 
     num_classes: int
@@ -69,6 +77,8 @@ class ProbeOutputs:
     meta_losses: np.ndarray | None = None
     weights: np.ndarray | None = None
     prediction_logits: np.ndarray | None = None
+    margins: np.ndarray | None = None
+    epoch_losses: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -89,6 +99,8 @@ class ProbeOutputs:
             "meta_losses": (m,),
             "weights": (n,),
             "prediction_logits": (n, k),
+            "margins": (n, None),
+            "epoch_losses": (n, None),
         }
         for name, shape in expected.items():
             value = getattr(self, name)
@@ -105,6 +117,12 @@ class ProbeOutputs:
             if bad:
                 raise DataError(f"probe outputs: {name} holds {bad} non-finite values")
             object.__setattr__(self, name, value)
+        margins, epoch_losses = self.margins, self.epoch_losses
+        if margins is not None and epoch_losses is not None and margins.shape != epoch_losses.shape:
+            raise ValueError(
+                f"margins {margins.shape} and epoch_losses {epoch_losses.shape} must have the "
+                "same shape"
+            )
 
     def missing(self, names: tuple[str, ...]) -> list[str]:
         """Which of the attributes ``names`` are None."""
@@ -197,7 +215,9 @@ def run_probe_outputs(
     """:func:`collect_probe_outputs` of the finished run in ``config.run_dir`` (the probe).
 
     The run's selected weights and the standardisation it was trained with are read from its
-    checkpoint; its configured loss gives the per-sample losses.
+    checkpoint; its configured loss gives the per-sample losses. When the run recorded its
+    training dynamics (``train.record_dynamics``: ``dynamics.npz`` in its run_dir), they fill
+    ``margins`` and ``epoch_losses`` (N, E).
 
     Args:
         config: the probe run's config.
@@ -206,11 +226,12 @@ def run_probe_outputs(
 
     Raises:
         AutorobustError: no readable checkpoint, or one written by another configuration.
+        DataError: a ``dynamics.npz`` that is corrupt or of another pool (one line naming it).
     """
     from autorobust.experiment import build_loss, load_best_model  # a layer below, heavy
 
     model, normalize, _ = load_best_model(config, splits, device=device)
-    return collect_probe_outputs(
+    outputs = collect_probe_outputs(
         model,
         splits.train.images,
         splits.train.labels,
@@ -220,6 +241,11 @@ def run_probe_outputs(
         device=device,
         loss=build_loss(config, splits).to(device),
     )
+    path = Path(config.run_dir) / DYNAMICS_NAME
+    if not path.exists():
+        return outputs
+    dynamics = read_dynamics(path, splits.train.labels)
+    return replace(outputs, margins=dynamics.margins, epoch_losses=dynamics.losses)
 
 
 def _per_sample(loss: ClassificationLoss, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

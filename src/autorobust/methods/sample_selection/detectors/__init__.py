@@ -8,7 +8,12 @@ the name ``selection.detector`` takes (higher score = the label is more likely c
 - ``prototype``, :class:`PrototypeDetector`: cosine similarity of the normalised penultimate
   feature to the label's prototype from the clean meta set (RoLT), optionally minus the best other
   class's;
-- ``weights``, :class:`WeightsDetector`: MW-Net's recorded per-sample weights.
+- ``weights``, :class:`WeightsDetector`: MW-Net's recorded per-sample weights;
+- ``aum``, :class:`AumDetector`: the margin of the label averaged over the training epochs
+  (Pleiss et al. 2020), from the probe run's recorded dynamics (``train.record_dynamics``);
+- ``mean_loss``, :class:`MeanLossDetector`: minus the training loss averaged over the epochs;
+- ``agreement``, :class:`AgreementDetector`: the smaller of AUM's and the posterior's per-class
+  ranks (both views must call the label clean).
 
 Each also scores candidate labels (for relabelling) and the meta images for their own class (for
 calibrating thresholds) where it can.
@@ -16,11 +21,17 @@ calibrating thresholds) where it can.
 
 from __future__ import annotations
 
+from autorobust.methods.sample_selection.detectors._agreement import (
+    AgreementDetector,
+    class_ranks,
+)
+from autorobust.methods.sample_selection.detectors._aum import AumDetector
 from autorobust.methods.sample_selection.detectors._base import (
     DETECTORS,
     Detector,
     create_detector,
 )
+from autorobust.methods.sample_selection.detectors._mean_loss import MeanLossDetector
 from autorobust.methods.sample_selection.detectors._posterior import (
     PosteriorDetector,
     log_softmax,
@@ -37,12 +48,16 @@ from autorobust.methods.sample_selection.detectors._weights import WeightsDetect
 
 __all__ = [
     "DETECTORS",
+    "AgreementDetector",
+    "AumDetector",
     "Detector",
+    "MeanLossDetector",
     "PosteriorDetector",
     "PrototypeDetector",
     "SmallLossDetector",
     "WeightsDetector",
     "class_prototypes",
+    "class_ranks",
     "create_detector",
     "log_softmax",
     "normalize_rows",
