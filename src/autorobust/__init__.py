@@ -20,6 +20,8 @@ The public names (importing the package loads none of them; each is imported on 
   ``create_loss``, ``list_losses``;
 - training: ``train_run`` -> ``RunResult``, ``evaluate_run``, ``load_run_config``,
   ``load_best_model``, ``classification_metrics`` (what ``metrics.json`` holds per split);
+- prediction, as ``autorobust predict``: ``load_model`` (a finished run's selected weights,
+  preprocessing and calibration temperature) -> ``LoadedModel``;
 - searches, as ``autorobust search KIND``: ``search_baseline`` (the baseline losses),
   ``search_reweighter`` (Meta-Weight-Net's V), ``search_loss`` (AutoBalance),
   ``search_architecture`` (CSNAS), each -> ``SearchOutcome``;
@@ -35,6 +37,7 @@ The package, by layer (a layer imports only the layers below it; ``.importlinter
 - ``methods``: one package per paper (``meta_weight_net``, ``autobalance``, ``csnas``,
   ``sample_selection``, ``glc``), each with its config section, trainer and search;
 - ``search``: the Optuna runner, samplers, the baseline search;
+- ``inference``: a finished run's predictions on new images;
 - ``experiment``: config -> splits, model, loss, trainer; the run directory;
 - ``train``: the training loop, checkpoints, metrics, thread counts; ``report``: shared plots;
 - ``data``, ``models``, ``losses``: sources and shift, classifiers, baseline losses;
@@ -56,6 +59,7 @@ __all__ = [
     "Design",
     "DesignOutcome",
     "ExperimentConfig",
+    "LoadedModel",
     "RunResult",
     "SearchOutcome",
     "ShiftError",
@@ -72,6 +76,7 @@ __all__ = [
     "list_models",
     "load_best_model",
     "load_config",
+    "load_model",
     "load_run_config",
     "run_design",
     "search_architecture",

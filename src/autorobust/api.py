@@ -44,6 +44,9 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "load_run_config": ("experiment", "load_run_config"),
     "load_best_model": ("experiment", "load_best_model"),
     "classification_metrics": ("train.metrics", "classification_metrics"),
+    # prediction (`autorobust predict`)
+    "load_model": ("inference", "load_model"),
+    "LoadedModel": ("inference", "LoadedModel"),
     # searches (`autorobust search KIND`)
     "search_baseline": ("search.baseline", "run_search"),
     "search_reweighter": ("methods.meta_weight_net.search", "run_search"),
@@ -94,6 +97,8 @@ def _import(module: str) -> ModuleType:
         import autorobust.experiment as loaded
     elif module == "train.metrics":
         import autorobust.train.metrics as loaded
+    elif module == "inference":
+        import autorobust.inference as loaded
     elif module == "search.baseline":
         import autorobust.search.baseline as loaded
     elif module == "search.common":

@@ -97,6 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a run directory written by `autorobust train`")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
+    predict = commands.add_parser(
+        "predict",
+        help="class probabilities of new images from a finished run, written to a CSV",
+    )
+    predict.add_argument("run_dir", help="a run directory written by `autorobust train`")
+    predict.add_argument(
+        "input", help="an image folder, a CSV of image paths, or an .npz of images"
+    )
+    predict.add_argument(
+        "-o", "--output", default="predictions.csv", help="CSV to write (default: %(default)s)"
+    )
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    predict.add_argument(
+        "--image-column", default="image", help="the CSV input's column of image paths"
+    )
+    predict.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="the raw softmax instead of the temperature fitted on the meta set",
+    )
+    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     search = commands.add_parser("search", help="search a design with Optuna")
     kinds = search.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, help_text in SEARCH_KINDS.items():
@@ -187,6 +210,23 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run_dir, device=args.device)
     _print_test_summary(str(args.run_dir), metrics)
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def _command_predict(args: argparse.Namespace) -> int:
+    from autorobust.inference import predict_files
+
+    written = predict_files(
+        args.run_dir,
+        args.input,
+        args.output,
+        device=args.device,
+        calibrated=not args.no_calibration,
+        batch_size=args.batch_size,
+        image_column=args.image_column,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {written}")
     return 0
 
 
@@ -303,6 +343,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _command_train,
     "evaluate": _command_evaluate,
+    "predict": _command_predict,
     "search": _command_search,
     "design": _command_design,
     "datasets": _command_datasets,
