@@ -31,17 +31,37 @@ every estimate is written as a noise model file (``NOISE_SEED_PROBE_ESTIMATOR.js
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import run_jobs, write_results
+from _noise_aware_units import head_to_tail_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- noise-model-benchmark:start -->", "<!-- noise-model-benchmark:end -->")
 PROBES = ("cross_entropy", "logit_adjustment")
 ESTIMATORS = ("glc", "confusion", "confusion_corrected", "confusion_shrunk")
+CHECKED = ("checked", "checked_pool")
+NOISES: dict[str, list[str]] = {
+    "symmetric": ["shift.noise=symmetric", "shift.noise_rate=0.4"],
+    "pair": ["shift.noise=pair", "shift.noise_rate=0.4"],
+    "h2t": [
+        "shift.noise=matrix",
+        "shift.noise_rate=0",
+        f"shift.noise_matrix={json.dumps(head_to_tail_matrix())}",
+    ],
+}
+
+
+def _stem(job: dict[str, Any]) -> str:
+    """The name of a cell's files: noise, ρ, n_max, seed, probe (and the probe's epochs)."""
+    return (
+        f"{job['noise']}_rho{job['rho']}_n{job['n_max']}_s{job['seed']}_{job['probe']}"
+        f"_e{job['epochs']}"
+    )
 
 
 def probe_logits(job: dict[str, Any]) -> dict[str, Any]:
@@ -58,9 +78,11 @@ def probe_logits(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     overrides = [
         "data.meta_per_class=10", "train.progress=false", f"device={job['device']}",
-        f"seed={job['seed']}", f"shift.noise={job['noise']}", f"train.epochs={job['epochs']}",
-        f"train.threads={job['threads']}",
+        f"seed={job['seed']}", f"train.epochs={job['epochs']}", f"train.threads={job['threads']}",
+        f"shift.rho={job['rho']}", *NOISES[job["noise"]],
     ]  # fmt: skip
+    if job["n_max"] is not None:
+        overrides.append(f"shift.n_max={job['n_max']}")
     if job["data_root"]:
         overrides.append(f"data.options.root={job['data_root']}")
     config = load_config("fashion-mnist-lt100-sym40", overrides)
@@ -68,7 +90,7 @@ def probe_logits(job: dict[str, Any]) -> dict[str, Any]:
     pool = splits.train
     cache = None
     if job["logits_dir"]:
-        cache = Path(job["logits_dir"]) / f"{job['noise']}_{job['seed']}_{job['probe']}.npz"
+        cache = Path(job["logits_dir"]) / f"{_stem(job)}.npz"
     if cache is not None and cache.exists():
         stored = np.load(cache)
         logits = {key: stored[key] for key in ("meta", "pool", "test")}
@@ -146,6 +168,14 @@ def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             method="confusion", pool_logits=logits["pool"], meta_logits=logits["meta"],
             meta_labels=result["meta_labels"], **common,
         ),
+        "checked": estimate_noise_model(  # the defaults, checked and shrunk
+            method="confusion", pool_logits=logits["pool"], meta_logits=logits["meta"],
+            meta_labels=result["meta_labels"], check=True, **common,
+        ),
+        "checked_pool": estimate_noise_model(  # M shrunk towards the pool's confusion, checked
+            method="confusion", pool_logits=logits["pool"], meta_logits=logits["meta"],
+            meta_labels=result["meta_labels"], confusion_target="pool", check=True, **common,
+        ),
     }  # fmt: skip
     if result["models_dir"]:
         stem = f"{result['noise']}_{result['seed']}_{result['probe']}"
@@ -159,6 +189,8 @@ def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "noise": result["noise"],
+                "rho": result["rho"],
+                "n_max": result["n_max"],
                 "seed": result["seed"],
                 "probe": result["probe"],
                 "estimator": name,
@@ -171,6 +203,7 @@ def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "log_ratio_max": errors["prior_log_ratio_max"],
                 "log_ratio": errors["prior_log_ratio"],
                 "floored": model.info["floored_classes"],
+                "check": None if model.check is None else model.check.to_dict(),
                 "observed_tv": errors["observed_prior_total_variation"],
                 "observed_log_ratio_max": float(
                     np.abs(np.log(observed_prior) - np.log(true_prior)).max()
@@ -192,42 +225,44 @@ def _cell(values: list[float], digits: int = 2) -> str:
 
 
 def summarise(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean (min–max over seeds) of every error, per noise, probe, estimator."""
+    """Markdown table: per (ρ, noise) cell, mean (min–max over seeds) of the prior's total
+    variation to the truth for the observed counts and every estimator, and the check's
+    decisions (status and λ per seed) for the checked ones."""
     header = (
-        "| noise | probe | probe's test bal. acc. % | estimator | row L1 mean | row L1 max | "
-        "lowest T̂_ii − T_ii | prior TV | max abs log ratio | classes floored |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "| ρ | noise | probe bal. acc. % | observed counts | "
+        + " | ".join(ESTIMATORS + CHECKED)
+        + " | "
+        + " | ".join(f"{name} decision" for name in CHECKED)
+        + " |\n|"
+        + "---|" * (4 + len(ESTIMATORS) + 2 * len(CHECKED))
     )
     lines = [header]
-    for noise in dict.fromkeys(row["noise"] for row in rows):
-        subset = [row for row in rows if row["noise"] == noise]
-        first = [row for row in subset if row["estimator"] == ESTIMATORS[0]]
-        tv = _cell([r["observed_tv"] for r in first], 3)
-        log_ratio = _cell([r["observed_log_ratio_max"] for r in first])
-        lines.append(f"| {noise} | — | — | observed counts | — | — | — | {tv} | {log_ratio} | — |")
-        for probe in PROBES:
-            for estimator in ESTIMATORS:
-                cell = [r for r in subset if r["probe"] == probe and r["estimator"] == estimator]
-                if not cell:
-                    continue
-                accuracy = f"{statistics.fmean(100 * r['probe_test_balanced'] for r in cell):.1f}"
-                floored = "/".join(str(len(r["floored"])) for r in cell)
-                lines.append(
-                    f"| {noise} | {probe} | {accuracy} | {estimator} "
-                    f"| {_cell([r['row_l1_mean'] for r in cell])} "
-                    f"| {_cell([r['row_l1_max'] for r in cell])} "
-                    f"| {_cell([r['diagonal_error_min'] for r in cell])} "
-                    f"| {_cell([r['prior_tv'] for r in cell], 3)} "
-                    f"| {_cell([r['log_ratio_max'] for r in cell])} | {floored} |"
+    for rho, noise in dict.fromkeys((row["rho"], row["noise"]) for row in rows):
+        cell = [row for row in rows if row["rho"] == rho and row["noise"] == noise]
+        first = [row for row in cell if row["estimator"] == ESTIMATORS[0]]
+        accuracy = f"{statistics.fmean(100 * r['probe_test_balanced'] for r in first):.1f}"
+        values = [_cell([r["observed_tv"] for r in first], 3)]
+        for name in ESTIMATORS + CHECKED:
+            values.append(_cell([r["prior_tv"] for r in cell if r["estimator"] == name], 3))
+        for name in CHECKED:
+            values.append(
+                " ".join(
+                    f"{r['check']['status']} {r['check']['shrinkage']:.2f}"
+                    for r in cell
+                    if r["estimator"] == name
                 )
+            )
+        lines.append(f"| {rho} | {noise} | {accuracy} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--noise", nargs="+", default=["symmetric", "pair"])
-    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
+    parser.add_argument("--noise", nargs="+", default=list(NOISES), choices=list(NOISES))
+    parser.add_argument("--rho", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--n-max", type=int, default=1500, help="head class size (0: all)")
+    parser.add_argument("--probes", nargs="+", default=["logit_adjustment"], choices=PROBES)
     parser.add_argument("--epochs", type=int, default=5, help="probe epochs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -241,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)
     jobs = [
-        {"noise": noise, "seed": seed, "probe": probe, "epochs": args.epochs,
-         "device": args.device, "threads": args.threads, "data_root": args.data_root,
-         "logits_dir": args.logits_dir, "models_dir": args.models_dir}
-        for noise in args.noise for seed in args.seeds for probe in args.probes
+        {"noise": noise, "rho": rho, "n_max": args.n_max or None, "seed": seed, "probe": probe,
+         "epochs": args.epochs, "device": args.device, "threads": args.threads,
+         "data_root": args.data_root, "logits_dir": args.logits_dir,
+         "models_dir": args.models_dir}
+        for rho in args.rho for noise in args.noise for seed in args.seeds for probe in args.probes
     ]  # fmt: skip
     rows = [
         row
@@ -254,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(rows)
     probe_cpu = statistics.fmean(row["probe_cpu_s"] for row in rows)
     note = (
-        f"Fashion-MNIST, long tail ρ = 100, 40% noise, meta set 10 per class; probes `small_cnn`, "
-        f"{args.epochs} epochs, {probe_cpu:.0f} CPU-s each on one thread; seeds "
-        f"{', '.join(map(str, args.seeds))}; mean (min–max) over seeds; classes floored per "
-        f"seed; the observed counts' errors as a prior for reference. "
-        f"Reproduce: `python benchmarks/noise_model.py`."
+        f"Fashion-MNIST, long tail ρ in {args.rho}, n_max {args.n_max}, 40% symmetric or pair "
+        f"noise or head-to-tail noise (keep 0.6), meta set 10 per class; probes `small_cnn` "
+        f"({', '.join(args.probes)}), {args.epochs} epochs, {probe_cpu:.0f} CPU-s each on one "
+        f"thread; seeds {', '.join(map(str, args.seeds))}. Entries: total variation between the "
+        f"prior (n̂ / N) and the pool's true clean prior, mean (min–max) over seeds; `checked`: "
+        f"the default estimate with `check=True` (bootstrap James–Stein shrinkage towards no "
+        f"noise), `checked_pool`: the same with `confusion_target='pool'`; decisions per seed "
+        f"(status, λ). Reproduce: `python benchmarks/noise_model.py --logits-dir /tmp/probes`."
     )
     write_results(
         args.out,
