@@ -37,7 +37,7 @@ def test_train_writes_metrics_and_evaluate_reproduces_them(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert "balanced" in out and str(run_dir / "metrics.json") in out
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"run", "data", "validation", "test", "history"}
+    assert set(metrics) == {"run", "data", "validation", "test", "history", "calibration"}
     assert len(metrics["history"]) == 2
     assert metrics["test"]["num_samples"] == metrics["data"]["test_size"]
     assert len(metrics["test"]["confusion_matrix"]) == 10
