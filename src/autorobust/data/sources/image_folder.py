@@ -151,7 +151,9 @@ class ImageFolderSource(DataSource):
         if train_csv is None and (
             test_csv is not None or image_dir is not None or meta_csv is not None
         ):
-            raise ConfigError("image-folder: test_csv and image_dir need train_csv (so does meta_csv)")
+            raise ConfigError(
+                "image-folder: test_csv and image_dir need train_csv (so does meta_csv)"
+            )
         if train_csv is not None and root is not None:
             raise ConfigError(
                 "image-folder: pass either root (class folders) or train_csv, not both"
