@@ -210,6 +210,9 @@ def config_fingerprint(config: ExperimentConfig) -> str:
         relevant["data"]["relabel_sha256"] = relabel_file_sha256(relabel_file)
     relevant["train"].pop("progress")
     relevant["train"].pop("threads")  # changes the last bits at most, like the device
+    if not relevant["train"]["record_dynamics"]:
+        # Recording changes no weight; off, the hash is the one from before the field existed.
+        relevant["train"].pop("record_dynamics")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

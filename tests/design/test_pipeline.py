@@ -14,7 +14,7 @@ import autorobust.design.pipeline as pipeline
 from autorobust.cli import main
 from autorobust.config import load_config
 from autorobust.design.pipeline import design_run_config, run_design
-from autorobust.design.space import REFERENCE_DESIGNS, Design
+from autorobust.design.space import AUTOBALANCE_DESIGN, REFERENCE_DESIGNS, ROLT_DESIGN, Design
 from autorobust.experiment import build_splits
 from autorobust.methods.glc.noise_model import NoiseModel
 from autorobust.train.trainer import load_checkpoint
@@ -42,9 +42,7 @@ def test_design_runs_every_stage_and_reports_the_chosen_components(tmp_path: Pat
     names = [row["name"] for row in summary["trials"]]
     assert len(names) >= 4
     assert sum(row["chosen"] for row in summary["trials"]) == 1
-    assert {"transition", "selection"} <= {
-        Design.from_dict(row["design"]).treatment for row in summary["trials"]
-    }
+    assert "selection" in {Design.from_dict(row["design"]).treatment for row in summary["trials"]}
     report = outcome.report.read_text()
     chosen = Design.from_dict(outcome.chosen["design"])
     for component in chosen.components:
@@ -57,6 +55,10 @@ def test_design_runs_every_stage_and_reports_the_chosen_components(tmp_path: Pat
     assert 0.0 <= error["prior_total_variation"] <= 1.0
     assert len(error["transition_row_l1"]) == 10
     assert 0.0 < outcome.retrained.metrics["test"]["balanced_accuracy"] <= 1.0
+    # The noise model was checked against its bootstrap spread, and the report says the verdict.
+    check = summary["noise_model"]["estimate"]["check"]
+    assert check["status"] in {"used", "shrunk", "rejected"} and 0.0 <= check["shrinkage"] <= 1.0
+    assert check["reason"] in report and f"λ = {check['shrinkage']:.2f}" in report
     # The budget (3 trainings by default) holds, the probe's work included.
     assert 0.3 < summary["cost"]["budget_used"] <= 3.0
 
@@ -64,19 +66,19 @@ def test_design_runs_every_stage_and_reports_the_chosen_components(tmp_path: Pat
 def test_design_resumes_after_an_interruption_to_the_same_result(tmp_path, monkeypatch) -> None:
     full = run_design(_config(tmp_path / "full"))
 
-    train_design = pipeline._train_design
+    train_until = pipeline._train_until
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # Ctrl-C during the third design trained
+        if calls["n"] == 3:  # Ctrl-C during the third run trained (the probe is the first)
             raise KeyboardInterrupt
-        return train_design(*args, **kwargs)
+        return train_until(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_train_design", interrupted)
+    monkeypatch.setattr(pipeline, "_train_until", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_design(_config(tmp_path / "cut"))
-    monkeypatch.setattr(pipeline, "_train_design", train_design)
+    monkeypatch.setattr(pipeline, "_train_until", train_until)
     resumed = run_design(_config(tmp_path / "cut"))
 
     assert resumed.chosen["name"] == full.chosen["name"]
@@ -95,7 +97,8 @@ def test_each_design_becomes_the_config_that_trains_it(tmp_path: Path) -> None:
     config = _config(tmp_path)
     splits = build_splits(config)
     noise_file, relabel_file = tmp_path / "noise_model.json", tmp_path / "sel.npz"
-    plain, selection, _, _, transition = REFERENCE_DESIGNS
+    plain, selection, transition = REFERENCE_DESIGNS[0], REFERENCE_DESIGNS[3], REFERENCE_DESIGNS[-1]
+    assert (selection.detector, transition.treatment) == ("posterior", "transition")
     built = design_run_config(config, plain, epochs=2, run_dir=tmp_path / "a")
     assert (built.method, built.loss.name, built.train.epochs) == ("erm", "logit_adjustment", 2)
     built = design_run_config(
@@ -145,7 +148,8 @@ def test_cli_design_prints_the_choice_and_refuses_a_bad_budget(tmp_path: Path, c
 
 
 def test_a_fixed_design_with_leave_one_out_retrainings(tmp_path: Path) -> None:
-    fixed = REFERENCE_DESIGNS[1]  # selection by the posterior + logit adjustment
+    fixed = REFERENCE_DESIGNS[3]  # selection by the posterior + logit adjustment
+    assert (fixed.detector, fixed.relabel) == ("posterior", False)
     outcome = run_design(_config(tmp_path / "f", "design.leave_one_out=true"), fixed=fixed)
     assert outcome.chosen["name"] == fixed.describe()
     summary = json.loads((tmp_path / "f" / "design.json").read_text())
@@ -163,7 +167,8 @@ def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> No
     config = _config(tmp_path / "s")
     state = pipeline.DesignRun(config, build_splits(config), tmp_path / "s", 2, 2)
     pipeline._run_probe(state)
-    design = dataclasses.replace(REFERENCE_DESIGNS[3], pseudo_label=True)
+    design = dataclasses.replace(REFERENCE_DESIGNS[5], pseudo_label=True)
+    assert design.relabel and design.detector == "posterior"
     in_memory, relabel_file = pipeline._design_splits(state, design)
     built = build_splits(
         design_run_config(config, design, epochs=2, run_dir=tmp_path / "x",
@@ -176,29 +181,90 @@ def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> No
     assert in_memory.relabel == built.relabel
 
 
-def test_reference_final_compares_the_chosen_design_with_the_reference_at_full_epochs(
-    tmp_path: Path,
-) -> None:
+def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_path: Path) -> None:
     config = _config(
         tmp_path / "r",
-        "design.treatments=[selection]",  # the chosen design cannot be the reference itself
+        "design.treatments=[none,selection]",
         "design.reference_final=true",
-        "design.max_trials=2",
+        "design.max_trials=3",
         "design.budget=4",
     )
     outcome = run_design(config)
     summary = json.loads((tmp_path / "r" / "design.json").read_text())
     final = summary["final"]
-    names = {row["name"] for row in final["candidates"]}
-    assert names == {outcome.chosen["name"], REFERENCE_DESIGNS[0].describe()}
+    names = [row["name"] for row in final["candidates"]]
+    # The reference is a finalist whatever its first-rung score; with it, the best other trial.
+    assert len(names) == 2 and REFERENCE_DESIGNS[0].describe() in names
+    finalists = [row for row in summary["trials"] if row["finalist"]]
+    assert sorted(row["name"] for row in finalists) == sorted(names)
     assert sum(row["kept"] for row in final["candidates"]) == 1
     kept = next(row for row in final["candidates"] if row["kept"])
-    assert kept["name"] == outcome.final == summary["final_name"]
-    # The kept design's own test metrics are the outcome's, and both were trained in full.
-    metrics = json.loads((Path(kept["run_dir"]) / "metrics.json").read_text())
+    assert kept["name"] == outcome.chosen["name"] == outcome.final == summary["final_name"]
+    assert [row["trial"] for row in summary["trials"] if row["chosen"]] == [kept["trial"]]
+    # The kept run went on to train.epochs; best/ holds it, measured on the test split.
+    best = load_checkpoint(tmp_path / "r" / "best" / "checkpoint.pt")
+    assert best["epoch"] == 6
+    metrics = json.loads((tmp_path / "r" / "best" / "metrics.json").read_text())
     assert metrics["test"] == outcome.retrained.metrics["test"]
-    assert summary["cost"]["reference_sample_epochs"] == len(build_splits(config).train) * 6
+    # Every finalist's continuation is paid: 6 - 2 epochs of its pool, within the budget.
+    pool = len(build_splits(config).train)
+    assert summary["cost"]["finalists_sample_epochs"] >= pool * 4  # the reference's alone
     assert summary["cost"]["budget_used"] <= 4.0
-    assert "### Against the reference at full epochs" in outcome.report.read_text()
+    # Nothing but best/ and the probe keeps a checkpoint once the design is finished.
+    left = sorted(p.relative_to(tmp_path / "r") for p in (tmp_path / "r").rglob("checkpoint.pt"))
+    assert left == [Path("best/checkpoint.pt"), Path("probe/checkpoint.pt")]
+    report = outcome.report.read_text()
+    assert "### Finalists at full epochs" in report
     assert summary["score"] == "calibrated_log_loss"
-    assert "calibrated balanced meta log-loss" in outcome.report.read_text()
+    assert "calibrated balanced meta log-loss" in report
+
+
+def test_a_paused_run_continues_to_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    config = _config(tmp_path / "a")
+    splits = build_splits(config)
+    whole = design_run_config(config, REFERENCE_DESIGNS[0], epochs=4, run_dir=tmp_path / "a")
+    paused = design_run_config(config, REFERENCE_DESIGNS[0], epochs=4, run_dir=tmp_path / "b")
+    pipeline._train_until(whole, splits, 4)
+    assert pipeline._train_until(paused, splits, 2) is None
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
+    assert pipeline._train_until(paused, splits, 1) is None  # already there: trains nothing
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
+    result = pipeline._train_until(paused, splits, 4)
+    assert result is not None and result.metrics["run"]["epochs"] == 4
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_a_design_fitted_on_the_meta_set_is_cross_fitted(tmp_path: Path) -> None:
+    config = _config(tmp_path / "x")
+    state = pipeline.DesignRun(config, build_splits(config), tmp_path / "x", 2, 2)
+    pipeline._run_probe(state)
+    fits = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "t")
+    meta = state.splits.meta
+    assert [f.run_dir.name for f in fits] == ["meta-half-0", "meta-half-1"]
+    first, second = (set(f.splits.meta_index.tolist()) for f in fits)
+    assert not first & second and first | second == set(state.splits.meta_index.tolist())
+    for fit in fits:
+        # Fitted on its half (every class), scored on exactly the other half.
+        assert np.bincount(fit.splits.meta.labels, minlength=10).tolist() == [5] * 10
+        fitted = np.isin(state.splits.meta_index, fit.splits.meta_index)
+        assert np.array_equal(fit.scored, ~fitted)
+        assert fit.config.bilevel.upper_data == "meta"
+    for fit in fits:
+        pipeline._train_until(fit.config, fit.splits, 1)
+    scores = pipeline._scores(state, fits)
+    assert scores.shape == (len(meta),) and np.isfinite(scores).all()
+    alone = pipeline._scores(state, fits[:1])
+    assert np.isnan(alone[~fits[0].scored]).all() and np.isfinite(alone[fits[0].scored]).all()
+    assert np.array_equal(alone[fits[0].scored], scores[fits[0].scored])
+    # A design that fits nothing on the meta set trains once and is scored on every image.
+    (plain,) = pipeline._fits(state, ROLT_DESIGN, tmp_path / "x" / "r")
+    assert plain.scored.all() and len(plain.splits.meta) == len(meta)
+    # Without cross-fitting, AutoBalance fits on the meta images that score it.
+    state.config = config.model_copy(
+        update={"design": config.design.model_copy(update={"cross_fit": False})}
+    )
+    (whole,) = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "w")
+    assert whole.scored.all()

@@ -15,6 +15,7 @@ from autorobust.design.scoring import (
     fit_temperature,
     per_image_log_loss,
     per_image_score,
+    scored_balanced_mean,
     stratified_folds,
     weighted_difference,
 )
@@ -104,6 +105,23 @@ def test_paired_difference_and_its_standard_error_by_hand() -> None:
     diff, se = weighted_difference(a, b, labels, 2)
     assert diff == pytest.approx(1.75)
     assert se == pytest.approx(np.sqrt(0.5 / 8 + 7 / 12))
+
+
+def test_a_cross_fitted_design_is_compared_on_the_images_it_is_scored_on() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    a = np.array([1.0, 2.0, 3.0, 4.0, 8.0, np.nan])
+    b = np.array([0.0, 0.0, 3.0, 3.0, 3.0, 9.0])
+    # The NaN image is left out of the difference: the pairs of the test above.
+    diff, se = weighted_difference(a, b, labels, 2)
+    assert diff == pytest.approx(1.75)
+    assert se == pytest.approx(np.sqrt(0.5 / 8 + 7 / 12))
+    assert scored_balanced_mean(a, labels, 2) == pytest.approx((1.5 + 5.0) / 2)
+    assert scored_balanced_mean(b, labels, 2) == pytest.approx((3.0 + 3.0) / 2)
+    best, chosen, rows = choose_within_one_standard_error(
+        [ScoredDesign(0, (0, 1.0), b), ScoredDesign(1, (1, 1.0), a)], labels, 2
+    )
+    assert best == chosen == 0
+    assert {r["key"]: r["score"] for r in rows}[1] == pytest.approx(3.25)
 
 
 def test_one_standard_error_rule_keeps_the_simplest_within_reach() -> None:

@@ -53,7 +53,7 @@ def test_a_design_outside_the_space_has_no_params() -> None:
 
 def test_components_and_simplicity() -> None:
     plain = Design(treatment="none", loss="cross_entropy", tau=0.0)
-    selected = REFERENCE_DESIGNS[3]
+    selected = REFERENCE_DESIGNS[5]
     assert plain.components == []
     assert selected.components == ["selection", "relabel", "logit_adjustment"]
     assert plain.complexity < selected.complexity
@@ -73,7 +73,7 @@ def test_config_ranges_are_checked() -> None:
 
 
 def test_a_component_taken_out() -> None:
-    design = REFERENCE_DESIGNS[3]  # selection with relabelling + logit adjustment
+    design = REFERENCE_DESIGNS[5]  # selection with relabelling + logit adjustment
     assert design.without("relabel").components == ["selection", "logit_adjustment"]
     assert design.without("selection") == Design(loss="logit_adjustment", tau=1.0)
     assert design.without("logit_adjustment").loss == "cross_entropy"

@@ -23,6 +23,7 @@ The stages, each resumable (rerunning the command continues where it stopped):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,16 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from autorobust._io import write_json
+from autorobust._io import atomic_write, write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.relabel import read_relabel_file
 from autorobust.data.splits import Splits, apply_relabel, rejected_samples
 from autorobust.data.tensors import images_to_tensor, resolve_device
 from autorobust.design.scoring import (
     ScoredDesign,
-    balanced_mean,
     choose_within_one_standard_error,
     per_image_score,
+    scored_balanced_mean,
+    stratified_folds,
 )
 from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
 from autorobust.errors import AutorobustError, ConfigError
@@ -63,7 +65,7 @@ from autorobust.methods.sample_selection import (
 )
 from autorobust.search.common import finish_study, search_settings, trial_dir
 from autorobust.search.runner import open_study, run_study, study_state_counts
-from autorobust.train.trainer import CHECKPOINT_NAME, predict
+from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint, predict
 
 __all__ = [
     "DesignOutcome",
@@ -160,6 +162,9 @@ def design_run_config(
     """
     raw = _quiet(config, epochs=epochs, run_dir=run_dir)
     raw["method"] = "erm"
+    # The probe's recipe records every sample's margin and loss per epoch: the probe is its
+    # run's first epochs, and the dynamics detectors read them.
+    raw["train"]["record_dynamics"] = design == PROBE_DESIGN
     if design.architecture != "fixed":
         arch = config.architecture
         raw["model"] = {
@@ -185,7 +190,14 @@ def design_run_config(
         }
     if design.loss == "autobalance":
         raw["method"] = "autobalance"
-        raw["bilevel"].update(init="logit_adjustment", init_tau=design.tau)
+        # The clean meta set as upper data: the variant that led the noise-aware benchmark
+        # (the noisy pool's own split would fit the loss to noisy labels).
+        raw["bilevel"].update(
+            init="logit_adjustment",
+            init_tau=design.tau,
+            upper_data="meta",
+            warmup_epochs=min(raw["bilevel"]["warmup_epochs"], epochs - 1),
+        )
         if design.treatment == "transition":
             if noise_model_file is None:  # refused above already
                 raise ValueError("a transition design needs the noise model file")
@@ -218,19 +230,54 @@ def design_run_config(
 # -- the stages -----------------------------------------------------------------------------------
 
 
-def _run_probe(state: DesignRun) -> RunResult:
-    """Stage 1: the probe, its outputs and the noise model (each resumed if already there)."""
-    config = design_run_config(
-        state.config, PROBE_DESIGN, epochs=state.probe_epochs, run_dir=state.run_dir / "probe"
-    )
+class _Pause(Exception):
+    """Raised by a run's epoch callback once the epoch it was asked to reach is checkpointed."""
+
+
+def _finished_epochs(run_dir: Path) -> int:
+    """Epochs the checkpoint in ``run_dir`` holds (0 without one)."""
+    path = run_dir / CHECKPOINT_NAME
+    return int(load_checkpoint(path)["epoch"]) if path.is_file() else 0
+
+
+def _train_until(
+    config: ExperimentConfig, splits: Splits, until: int, *, evaluate_test: bool = False
+) -> RunResult | None:
+    """Train ``config`` (on the schedule of its ``train.epochs``) until ``until`` epochs are
+    finished, resuming its checkpoint; a run paused below ``train.epochs`` is continued later by
+    a call with a larger ``until``. Returns the finished run's result, or None when paused."""
+    if until >= config.train.epochs:
+        return train_run(config, resume=True, splits=splits, evaluate_test=evaluate_test)
+    if _finished_epochs(Path(config.run_dir)) >= until:
+        return None
+
+    def pause(record: Any) -> None:
+        if record.epoch + 1 >= until:
+            raise _Pause
+
+    with contextlib.suppress(_Pause):
+        train_run(config, resume=True, splits=splits, evaluate_test=False, callbacks=[pause])
+    return None
+
+
+def _run_probe(state: DesignRun) -> None:
+    """Stage 1: the probe (the reference design's run paused at ``probe_epochs``), its outputs
+    and the noise model (each resumed if already there)."""
+    config = _probe_config(state)
     started = time.process_time()
-    result = train_run(config, resume=True, splits=state.splits, evaluate_test=False)
+    _train_until(config, state.splits, state.probe_epochs)
     # The probe's loss (logit adjustment at the observed counts) scores the small-loss detector.
     state.probe = run_probe_outputs(config, state.splits, device=resolve_device(config.device))
     state.noise_model = _noise_model(state)
     state.cost["probe_sample_epochs"] = float(len(state.splits.train) * state.probe_epochs)
     state.cost["probe_cpu_seconds"] = time.process_time() - started
-    return result
+
+
+def _probe_config(state: DesignRun) -> ExperimentConfig:
+    return design_run_config(
+        state.config, PROBE_DESIGN, epochs=state.config.train.epochs,
+        run_dir=state.run_dir / "probe",
+    )  # fmt: skip
 
 
 def _noise_model(state: DesignRun) -> NoiseModel:
@@ -245,6 +292,10 @@ def _noise_model(state: DesignRun) -> NoiseModel:
         pool_logits=probe.logits,
         probe_tau=PROBE_DESIGN.tau,  # the probe is logit-adjusted at the observed counts
         class_names=splits.class_names,
+        # Shrunk towards no noise as far as its bootstrap spread asks; rejected (T̂ = I, n̂ the
+        # observed counts) when it moves the prior less than its own sampling noise.
+        check=True,
+        seed=state.config.seed,
     )
     model.save(state.noise_model_file)
     return model
@@ -301,19 +352,76 @@ def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | Non
     )
 
 
-def _meta_scores(state: DesignRun, config: ExperimentConfig, splits: Splits) -> np.ndarray:
-    """Per-image score float64 (M,) of a run's selected model on the clean meta set
-    (``design.score``; lower is better)."""
-    device = resolve_device(config.device)
-    model, normalize, _ = load_best_model(config, splits, device=device)
-    logits = predict(model, images_to_tensor(splits.meta.images, device), normalize)
-    return per_image_score(
-        logits.numpy(), splits.meta.labels, splits.num_classes, state.config.design.score
-    )
+@dataclass(frozen=True)
+class _Fit:
+    """One training run of a design: its config (and folder), the splits it trains on, and which
+    meta images (bool (M,)) it may be scored on: all, or under cross-fitting the half it was not
+    fitted on."""
+
+    config: ExperimentConfig
+    splits: Splits
+    scored: np.ndarray
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+
+def _fits(state: DesignRun, design: Design, directory: Path) -> list[_Fit]:
+    """The runs of ``design`` in ``directory``, each on the schedule of ``train.epochs``: one,
+    or under cross-fitting (``design.cross_fit``, a design that fits on the meta set) two, each
+    fitted on one stratified half of the meta set and scored on the other."""
+    splits, relabel_file = _design_splits(state, design)
+    meta = state.splits.meta
+
+    def fit(run_dir: Path, fit_splits: Splits, scored: np.ndarray) -> _Fit:
+        config = design_run_config(
+            state.config,
+            design,
+            epochs=state.config.train.epochs,
+            run_dir=run_dir,
+            noise_model_file=state.noise_model_file,
+            relabel_file=relabel_file,
+        )
+        return _Fit(config, fit_splits, scored)
+
+    if not (design.fits_meta and state.config.design.cross_fit):
+        return [fit(directory, splits, np.ones(len(meta), dtype=bool))]
+    half = stratified_folds(meta.labels, 2)
+    fits = []
+    for fold in (0, 1):
+        fitted = np.flatnonzero(half == fold)
+        fold_splits = dataclasses.replace(
+            splits, meta=splits.meta.subset(fitted), meta_index=splits.meta_index[fitted]
+        )
+        fits.append(fit(directory / f"meta-half-{fold}", fold_splits, half != fold))
+    return fits
+
+
+def _scores(state: DesignRun, fits: list[_Fit]) -> np.ndarray:
+    """Per-image score float64 (M,) of the fits' selected models on the clean meta set
+    (``design.score``; lower is better): each image by the fit that may score it, NaN where
+    none may."""
+    device = resolve_device(state.config.device)
+    meta = state.splits.meta
+    scores = np.full(len(meta), np.nan)
+    for fit in fits:
+        model, normalize, _ = load_best_model(fit.config, fit.splits, device=device)
+        logits = predict(model, images_to_tensor(meta.images, device), normalize).numpy()
+        scores[fit.scored] = per_image_score(
+            logits[fit.scored], meta.labels[fit.scored], state.splits.num_classes,
+            state.config.design.score,
+        )  # fmt: skip
+    return scores
 
 
 def _balanced(state: DesignRun, scores: np.ndarray) -> float:
-    return balanced_mean(scores, state.splits.meta.labels, state.splits.num_classes)
+    return scored_balanced_mean(scores, state.splits.meta.labels, state.splits.num_classes)
+
+
+def _sample_epochs(design: Design, fits: list[_Fit], epochs: int) -> float:
+    """Nominal cost of ``epochs`` epochs of every fit (sample-epochs x the design's factor)."""
+    return sum(len(f.splits.train) * epochs * design.cost_factor for f in fits)
 
 
 def _design_config(
@@ -335,11 +443,34 @@ def _design_config(
 def _train_design(
     state: DesignRun, design: Design, *, epochs: int, run_dir: Path, evaluate_test: bool
 ) -> tuple[RunResult, ExperimentConfig, Splits, float]:
-    """Train ``design`` (resumed when its directory holds a checkpoint); (result, config,
-    splits, sample-epochs)."""
+    """Train ``design`` from scratch for ``epochs`` (resumed when its directory holds a
+    checkpoint); (result, config, splits, sample-epochs)."""
     config, splits = _design_config(state, design, epochs=epochs, run_dir=run_dir)
     result = train_run(config, resume=True, splits=splits, evaluate_test=evaluate_test)
     return result, config, splits, float(len(splits.train) * epochs * design.cost_factor)
+
+
+def _start_from_probe(state: DesignRun, design: Design, fits: list[_Fit]) -> int:
+    """Epochs a trial of ``design`` gets from the probe: the reference design's trial continues
+    the probe's run (a copy of its checkpoint, so that the probe itself stays as it was)."""
+    if design != PROBE_DESIGN or state.probe_epochs > state.trial_epochs:
+        return 0
+    target = fits[0].run_dir / CHECKPOINT_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = state.run_dir / "probe" / CHECKPOINT_NAME
+        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+    return state.probe_epochs
+
+
+def _rung_costs(state: DesignRun, design: Design) -> tuple[float, float]:
+    """(sample-epochs of a trial of ``design`` at the first rung, of its continuation to
+    ``train.epochs``); the continuation is its first fit's alone."""
+    fits = _fits(state, design, state.run_dir / "trials" / "unused")
+    start = state.probe_epochs if design == PROBE_DESIGN else 0
+    first = _sample_epochs(design, fits, max(state.trial_epochs - start, 0))
+    rest = _sample_epochs(design, fits[:1], state.config.train.epochs - state.trial_epochs)
+    return first, rest
 
 
 def _objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
@@ -348,24 +479,30 @@ def _objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
         trial.set_user_attr("design", design.to_dict())
         trial.set_user_attr("name", design.describe())
         started = time.process_time()
-        if design == PROBE_DESIGN and state.trial_epochs == state.probe_epochs:
-            config = design_run_config(
-                state.config, design, epochs=state.probe_epochs, run_dir=state.run_dir / "probe"
-            )
-            losses, cost = _meta_scores(state, config, state.splits), 0.0  # the probe: paid
-        else:
-            directory = trial_dir(state.run_dir, trial.number)
-            _, config, splits, cost = _train_design(
-                state, design, epochs=state.trial_epochs, run_dir=directory, evaluate_test=False
-            )
-            losses = _meta_scores(state, config, splits)
-            (directory / CHECKPOINT_NAME).unlink(missing_ok=True)
-        trial.set_user_attr("meta_losses", [float(v) for v in losses])
-        trial.set_user_attr("sample_epochs", cost)
+        fits = _fits(state, design, trial_dir(state.run_dir, trial.number))
+        start = _start_from_probe(state, design, fits)
+        for fit in fits:
+            _train_until(fit.config, fit.splits, state.trial_epochs)
+        losses = _scores(state, fits)
+        # JSON has no NaN: an image the design may not be scored on is stored as None.
+        trial.set_user_attr("meta_losses", [None if np.isnan(v) else float(v) for v in losses])
+        trial.set_user_attr(
+            "sample_epochs", _sample_epochs(design, fits, state.trial_epochs - start)
+        )
+        trial.set_user_attr(
+            "continuation_sample_epochs",
+            _sample_epochs(design, fits[:1], state.config.train.epochs - state.trial_epochs),
+        )
         trial.set_user_attr("cpu_seconds", time.process_time() - started)
         return _balanced(state, losses)
 
     return objective
+
+
+def _meta_losses(trial: Any) -> np.ndarray:
+    return np.array(
+        [np.nan if v is None else v for v in trial.user_attrs["meta_losses"]], dtype=np.float64
+    )
 
 
 def _finished_trials(study: Any) -> list[Any]:
@@ -374,8 +511,42 @@ def _finished_trials(study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
+def _finalists(state: DesignRun, done: list[Any]) -> list[Any]:
+    """The trials that continue to ``train.epochs``: the ``design.finalists`` best by their
+    first-rung score (the reference design among them with ``design.reference_final``)."""
+    ranked = sorted(done, key=lambda t: (t.value, t.number))
+    count = state.config.design.finalists
+    if state.config.design.reference_final:
+        reference = [t for t in ranked if Design.from_dict(t.user_attrs["design"]) == PROBE_DESIGN]
+        others = [t for t in ranked if t not in reference]
+        return reference[:1] + others[: count - len(reference[:1])]
+    return ranked[:count]
+
+
+def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> float:
+    """Sample-epochs to keep free for the finalists' continuation, if the next trial (whose
+    continuation costs ``continuation``; None: no next trial) may become one of them."""
+    finalists = _finalists(state, done)
+    costs = [t.user_attrs["continuation_sample_epochs"] for t in finalists]
+    if continuation is None:
+        return float(sum(costs))
+    if len(costs) < state.config.design.finalists:
+        return float(sum(costs)) + continuation
+    replaceable = costs[1:] if state.config.design.reference_final else costs
+    if not replaceable:
+        return float(sum(costs))
+    return float(sum(costs)) + max(0.0, continuation - min(replaceable))
+
+
+def _noise_model_rejected(state: DesignRun) -> bool:
+    check = None if state.noise_model is None else state.noise_model.check
+    return check is not None and check.status == "rejected"
+
+
 def _run_study(state: DesignRun, default_study_name: str) -> Any:
-    """Stage 3: trials one at a time while the budget allows the next one and the retraining."""
+    """Stage 3: first-rung trials one at a time while the budget allows the next one and the
+    finalists' continuation. The reference designs come first, each skipped when it does not
+    fit; then TPE's proposals, counted at the costliest a design can be."""
     settings_cfg = state.config.design
     space = DesignSpace(settings_cfg)
     search = state.config.search.model_copy(
@@ -385,16 +556,19 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         search,
         study_name=default_study_name,
         space={**space.describe(), "probe_epochs": state.probe_epochs,
-               "trial_epochs": state.trial_epochs, "score": settings_cfg.score},
+               "trial_epochs": state.trial_epochs, "score": settings_cfg.score,
+               "finalists": settings_cfg.finalists, "cross_fit": settings_cfg.cross_fit},
         directions=("minimize",),
     )  # fmt: skip
     budget = settings_cfg.budget * state.reference_cost
-    # What the retraining of the costliest design could take, kept free for it.
-    reserve = state.reference_cost * max(Design(loss="autobalance").cost_factor, 1.0)
-    if settings_cfg.reference_final:
-        reserve += state.reference_cost * PROBE_DESIGN.cost_factor
-    next_trial = len(state.splits.train) * state.trial_epochs * 1.3
-    references = [p for p in (space.params(d) for d in REFERENCE_DESIGNS) if p is not None]
+    # A TPE proposal may be the costliest design: AutoBalance, cross-fitted.
+    costliest = Design(loss="autobalance")
+    worst = (
+        len(state.splits.train) * state.trial_epochs * costliest.cost_factor
+        * (2 if settings_cfg.cross_fit else 1),
+        len(state.splits.train) * (state.config.train.epochs - state.trial_epochs)
+        * costliest.cost_factor,
+    )  # fmt: skip
     objective = _objective(state, space)
     study = open_study(dataclasses.replace(settings, n_trials=1), state.run_dir)
     while True:
@@ -406,23 +580,39 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         finished = counts["COMPLETE"] + counts["PRUNED"]
         if finished >= settings_cfg.max_trials:
             break
-        if finished >= 1 and spent + next_trial + reserve > budget:
+        tried = [Design.from_dict(t.user_attrs["design"]) for t in done]
+        first, cost = None, worst
+        for design in REFERENCE_DESIGNS:
+            if design in tried or space.params(design) is None:
+                continue
+            if design.treatment == "transition" and _noise_model_rejected(state):
+                continue  # with T̂ = I and the observed counts it is the probe's recipe again
+            cost = _rung_costs(state, design)
+            if finished == 0 or spent + cost[0] + _reserve(state, done, cost[1]) <= budget:
+                first = design
+                break
+            cost = worst  # this reference does not fit: the next one may
+        if first is None and (
+            finished == 0 or spent + worst[0] + _reserve(state, done, worst[1]) > budget
+        ):
             break
-        first = references[finished] if finished < len(references) else None
         study = run_study(
             objective,
             dataclasses.replace(settings, n_trials=finished + 1),
             state.run_dir,
-            first_params=first,
+            first_params=None if first is None else space.params(first),
         )
         if study_state_counts(study)["COMPLETE"] + study_state_counts(study)["PRUNED"] <= finished:
             break  # the trial failed (the runner logged why): do not spin
-    state.cost["trials_sample_epochs"] = spent - state.cost.get("probe_sample_epochs", 0.0)
+    state.cost["trials_sample_epochs"] = sum(
+        t.user_attrs.get("sample_epochs", 0.0) for t in _finished_trials(study)
+    )
     return study
 
 
 def _choose(state: DesignRun, study: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Stage 4: the best design and the simplest one within one standard error of it."""
+    """Stage 4 at the first rung: the best design and the simplest one within one standard
+    error of it (the choice when there is no continuation), and the table of every trial."""
     done = _finished_trials(study)
     if not done:
         raise AutorobustError(
@@ -430,11 +620,7 @@ def _choose(state: DesignRun, study: Any) -> tuple[dict[str, Any], list[dict[str
         )
     designs = {t.number: Design.from_dict(t.user_attrs["design"]) for t in done}
     scored = [
-        ScoredDesign(
-            key=t.number,
-            complexity=designs[t.number].complexity,
-            losses=np.asarray(t.user_attrs["meta_losses"]),
-        )
+        ScoredDesign(key=t.number, complexity=designs[t.number].complexity, losses=_meta_losses(t))
         for t in done
     ]
     best, chosen, rows = choose_within_one_standard_error(
@@ -443,6 +629,7 @@ def _choose(state: DesignRun, study: Any) -> tuple[dict[str, Any], list[dict[str
     if not state.config.design.one_standard_error:
         chosen = best
     by_number = {t.number: t for t in done}
+    finalists = {t.number for t in _finalists(state, done)}
     table = []
     for row in sorted(rows, key=lambda r: r["score"]):
         trial = by_number[row["key"]]
@@ -455,12 +642,86 @@ def _choose(state: DesignRun, study: Any) -> tuple[dict[str, Any], list[dict[str
                 "difference_to_best": row["difference"],
                 "standard_error": row["standard_error"],
                 "sample_epochs": trial.user_attrs.get("sample_epochs"),
+                "scored_images": int(np.isfinite(_meta_losses(trial)).sum()),
                 "best": row["key"] == best,
+                "finalist": row["key"] in finalists,
                 "chosen": row["key"] == chosen,
             }
         )
     chosen_row = next(r for r in table if r["chosen"])
     return chosen_row, table
+
+
+def _promote(
+    state: DesignRun, study: Any, table: list[dict[str, Any]]
+) -> tuple[dict[str, Any], _Fit, dict[str, Any]]:
+    """Stage 5: continue the finalists to ``train.epochs`` (a cross-fitted one: its first half's
+    run, scored on the other half) and keep the simplest within one standard error of the best
+    there. Returns (the kept trial's table row, its run, the comparison's summary); the table's
+    ``chosen`` flags are set to the kept trial."""
+    started = time.process_time()
+    finalists = _finalists(state, _finished_trials(study))
+    epochs = state.config.train.epochs
+    runs: dict[int, tuple[Design, _Fit]] = {}
+    scored, cost = [], 0.0
+    for trial in finalists:
+        design = Design.from_dict(trial.user_attrs["design"])
+        fit = _fits(state, design, trial_dir(state.run_dir, trial.number))[0]
+        _train_until(fit.config, fit.splits, epochs)
+        cost += _sample_epochs(design, [fit], epochs - state.trial_epochs)
+        runs[trial.number] = (design, fit)
+        scored.append(ScoredDesign(trial.number, design.complexity, _scores(state, [fit])))
+    best, kept, rows = choose_within_one_standard_error(
+        scored, state.splits.meta.labels, state.splits.num_classes
+    )
+    if not state.config.design.one_standard_error:
+        kept = best
+    state.cost["finalists_sample_epochs"] = cost
+    state.cost["finalists_cpu_seconds"] = time.process_time() - started
+    for row in table:
+        row["chosen"] = row["trial"] == kept
+    summary = {
+        "epochs": epochs,
+        "kept": kept,
+        "candidates": [
+            {
+                "trial": int(row["key"]),
+                "name": runs[int(row["key"])][0].describe(),
+                "run_dir": str(runs[int(row["key"])][1].run_dir),
+                "score": row["score"],
+                "difference_to_best": row["difference"],
+                "standard_error": row["standard_error"],
+                "scored_images": int(runs[int(row["key"])][1].scored.sum()),
+                "kept": row["key"] == kept,
+            }
+            for row in rows
+        ],
+    }
+    chosen_row = next(r for r in table if r["chosen"])
+    return chosen_row, runs[kept][1], summary
+
+
+def _final_run(state: DesignRun, fit: _Fit) -> tuple[RunResult, _Fit]:
+    """The kept finalist as ``run_dir/best``: its checkpoint copied there and measured on the
+    test split (the run is finished: nothing more is trained). Returns (its result, the run at
+    its new place)."""
+    best = state.run_dir / "best"
+    target = best / CHECKPOINT_NAME
+    if not target.is_file():
+        best.mkdir(parents=True, exist_ok=True)
+        source = fit.run_dir / CHECKPOINT_NAME
+        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+    moved = dataclasses.replace(fit, config=fit.config.model_copy(update={"run_dir": str(best)}))
+    result = train_run(moved.config, resume=True, splits=fit.splits, evaluate_test=True)
+    return result, moved
+
+
+def _drop_trial_checkpoints(state: DesignRun, study: Any) -> None:
+    """Once ``best`` holds the kept run, the trials' checkpoints are needed by nothing."""
+    for trial in study.get_trials(deepcopy=False):
+        directory = trial_dir(state.run_dir, trial.number)
+        for path in [directory / CHECKPOINT_NAME, *directory.glob(f"*/{CHECKPOINT_NAME}")]:
+            path.unlink(missing_ok=True)
 
 
 def _contributions(
@@ -492,53 +753,11 @@ def _contributions(
 
 
 def _retrained_scores(state: DesignRun, design: Design, run_dir: Path) -> np.ndarray:
-    """Per-image meta scores (M,) of ``design`` retrained for ``train.epochs`` in ``run_dir``."""
+    """Per-image meta scores (M,) of ``design`` trained for ``train.epochs`` in ``run_dir``."""
     config, splits = _design_config(
         state, design, epochs=state.config.train.epochs, run_dir=run_dir
     )
-    return _meta_scores(state, config, splits)
-
-
-def _reference_final(
-    state: DesignRun, chosen: Design, chosen_dir: Path
-) -> tuple[RunResult, dict[str, Any]]:
-    """Train the reference design for ``train.epochs`` in ``run_dir/reference`` and compare it
-    with the retrained ``chosen`` at that fidelity: the simpler (the reference) is kept unless
-    the other is better by one standard error of the meta score. Returns (the reference's
-    result, a summary whose ``kept`` is ``"reference"`` or ``"chosen"``)."""
-    started = time.process_time()
-    reference_dir = state.run_dir / "reference"
-    result, _, _, cost = _train_design(
-        state, PROBE_DESIGN, epochs=state.config.train.epochs, run_dir=reference_dir,
-        evaluate_test=True,
-    )  # fmt: skip
-    state.cost["reference_sample_epochs"] = cost
-    state.cost["reference_cpu_seconds"] = time.process_time() - started
-    candidates = {0: (PROBE_DESIGN, reference_dir), 1: (chosen, chosen_dir)}
-    scored = [
-        ScoredDesign(key, design.complexity, _retrained_scores(state, design, directory))
-        for key, (design, directory) in candidates.items()
-    ]
-    best, kept, rows = choose_within_one_standard_error(
-        scored, state.splits.meta.labels, state.splits.num_classes
-    )
-    if not state.config.design.one_standard_error:
-        kept = best
-    summary = {
-        "kept": "reference" if kept == 0 else "chosen",
-        "candidates": [
-            {
-                "name": candidates[int(row["key"])][0].describe(),
-                "run_dir": str(candidates[int(row["key"])][1]),
-                "score": row["score"],
-                "difference_to_best": row["difference"],
-                "standard_error": row["standard_error"],
-                "kept": row["key"] == kept,
-            }
-            for row in rows
-        ],
-    }
-    return result, summary
+    return _scores(state, [_Fit(config, splits, np.ones(len(splits.meta), dtype=bool))])
 
 
 def _leave_one_out(state: DesignRun, chosen: Design) -> list[dict[str, Any]]:
@@ -548,10 +767,10 @@ def _leave_one_out(state: DesignRun, chosen: Design) -> list[dict[str, Any]]:
     for component in chosen.components:
         design = chosen.without(component)
         directory = state.run_dir / "leave_one_out" / component
-        result, config, splits, cost = _train_design(
+        result, _, _, cost = _train_design(
             state, design, epochs=state.config.train.epochs, run_dir=directory, evaluate_test=True
         )
-        losses = _meta_scores(state, config, splits)
+        losses = _retrained_scores(state, design, directory)
         state.cost["leave_one_out_sample_epochs"] = (
             state.cost.get("leave_one_out_sample_epochs", 0.0) + cost
         )
@@ -599,9 +818,13 @@ def run_design(
             raise ConfigError(f"design.architectures: {genotype}: no such genotype file")
     state = DesignRun(config, splits, run_dir, probe_epochs, trial_epochs)
     _run_probe(state)
+    final: dict[str, Any] | None = None
+    kept_fit: _Fit | None = None
     if fixed is None:
         study = _run_study(state, default_study_name)
         chosen, table = _choose(state, study)
+        if retrain:
+            chosen, kept_fit, final = _promote(state, study, table)
         finish_study(study, run_dir, design_table=table)
     else:
         chosen = {"trial": None, "design": fixed.to_dict(), "name": fixed.describe()}
@@ -609,19 +832,18 @@ def run_design(
     design = Design.from_dict(chosen["design"])
     contributions = _contributions(state, design, table) if fixed is None else []
     retrained = None
-    final: dict[str, Any] | None = None
     if retrain:
         started = time.process_time()
-        retrained, _, _, cost = _train_design(
-            state, design, epochs=config.train.epochs, run_dir=run_dir / "best",
-            evaluate_test=True,
-        )  # fmt: skip
-        state.cost["retrain_sample_epochs"] = cost
+        if kept_fit is not None:
+            retrained, kept_fit = _final_run(state, kept_fit)
+            _drop_trial_checkpoints(state, study)
+        else:  # a fixed recipe: trained from scratch with train.epochs
+            retrained, _, _, cost = _train_design(
+                state, design, epochs=config.train.epochs, run_dir=run_dir / "best",
+                evaluate_test=True,
+            )  # fmt: skip
+            state.cost["retrain_sample_epochs"] = cost
         state.cost["retrain_cpu_seconds"] = time.process_time() - started
-        if config.design.reference_final and fixed is None and design != PROBE_DESIGN:
-            reference, final = _reference_final(state, design, retrained.run_dir)
-            if final["kept"] == "reference":
-                retrained, design = reference, PROBE_DESIGN
         metrics = dict(retrained.metrics)
         metrics["noise_model"] = noise_model_report(state)
         write_json(retrained.run_dir / "metrics.json", metrics)
@@ -630,7 +852,12 @@ def run_design(
     leave_one_out = []
     if config.design.leave_one_out and retrained is not None:
         leave_one_out = _leave_one_out(state, design)
-        kept_score = _balanced(state, _retrained_scores(state, design, retrained.run_dir))
+        kept_score = _balanced(
+            state,
+            _scores(state, [kept_fit])
+            if kept_fit is not None
+            else _retrained_scores(state, design, retrained.run_dir),
+        )
         for row in leave_one_out:
             row["meta_score_gain"] = row["meta_score"] - kept_score
     state.cost["total_sample_epochs"] = spent

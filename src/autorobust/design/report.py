@@ -116,20 +116,22 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
     final = summary.get("final")
     if final:
         lines += [
-            "### Against the reference at full epochs",
+            "### Finalists at full epochs",
             "",
-            "The chosen design and the reference design were both trained with the full epoch "
-            f"budget and compared by their {label}; the simpler is kept unless the other is "
-            f"better by one standard error. Kept: **{summary['final_name']}**.",
+            f"The {len(final['candidates'])} best designs of the first rung continued to "
+            f"{final['epochs']} epochs (the rest of their schedule) and were compared there by "
+            f"their {label}; the simplest within one standard error of the best is kept. A "
+            "design fitted on the meta set (MW-Net, AutoBalance) is scored only on the half it "
+            f"was not fitted on. Kept: **{summary['final_name']}**.",
             "",
-            f"| design | {label} | difference to best ± SE | folder | |",
-            "|---|---|---|---|---|",
+            f"| design | {label} | difference to best ± SE | meta images scored | folder | |",
+            "|---|---|---|---|---|---|",
         ]
         for row in final["candidates"]:
             lines.append(
                 f"| {row['name']} | {row['score']:.4f} | {row['difference_to_best']:+.4f} ± "
-                f"{row['standard_error']:.4f} | `{row['run_dir']}` | "
-                f"{'kept' if row['kept'] else ''} |"
+                f"{row['standard_error']:.4f} | {row.get('scored_images', '')} | "
+                f"`{row['run_dir']}` | {'kept' if row['kept'] else ''} |"
             )
         lines.append("")
     test = summary.get("test")
@@ -145,16 +147,19 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         lines += [
             "## Trials",
             "",
-            f"Every design was trained for {summary['trial_epochs']} epochs and scored on the "
-            f"clean meta split only, by its {label} (lower is better). The standard "
-            "error is that of the paired difference to the best design over the meta images; "
-            "the simplest design within one standard error of the best is chosen.",
+            f"Every design was trained for the first {summary['trial_epochs']} epochs of its "
+            f"schedule and scored on the clean meta split only, by its {label} (lower is "
+            "better; a design fitted on the meta set was trained twice, on each half, and "
+            "each image scored by the run that did not see it). The standard error is that of "
+            "the paired difference to the best design over the meta images; the best "
+            "designs (finalists) continued to the full epochs.",
             "",
             f"| trial | design | {label} | difference to best ± SE | sample-epochs | |",
             "|---|---|---|---|---|---|",
         ]
         for row in summary["trials"]:
-            mark = "chosen" if row["chosen"] else ("best" if row["best"] else "")
+            marks = [name for name in ("chosen", "best", "finalist") if row.get(name)]
+            mark = ", ".join(marks)
             lines.append(
                 f"| {row['trial']} | {row['name']} | {row['score']:.4f} | "
                 f"{row['difference_to_best']:+.4f} ± {row['standard_error']:.4f} | "
@@ -205,6 +210,21 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         f"Estimated from the probe ({summary['probe_epochs']} epochs, logit adjustment) with the "
         f"`{estimate['method']}` estimator (`noise_model.json`).",
         "",
+        *(
+            [
+                f"**{estimate['check']['status'].capitalize()}** "
+                f"(shrinkage λ = {estimate['check']['shrinkage']:.2f} towards no noise): "
+                f"{estimate['check']['reason']}"
+                + (
+                    " Transition designs were therefore not among the references."
+                    if estimate["check"]["status"] == "rejected"
+                    else ""
+                ),
+                "",
+            ]
+            if estimate.get("check")
+            else []
+        ),
         "| class | observed labels | estimated clean n̂ | estimated P(label kept) |"
         + (" true clean | true P(label kept) |" if noise.get("error") else ""),
         "|---|---|---|---|" + ("---|---|" if noise.get("error") else ""),
@@ -255,16 +275,17 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         f"| probe | {cost.get('probe_sample_epochs', 0):.0f} | "
         f"{cost.get('probe_cpu_seconds', 0):.0f} |",
         f"| trials | {cost.get('trials_sample_epochs', 0):.0f} | – |",
-        f"| retraining | {cost.get('retrain_sample_epochs', 0):.0f} | "
-        f"{cost.get('retrain_cpu_seconds', 0):.0f} |",
         *(
             [
-                f"| reference at full epochs | {cost['reference_sample_epochs']:.0f} | "
-                f"{cost.get('reference_cpu_seconds', 0):.0f} |"
+                f"| finalists to full epochs | {cost['finalists_sample_epochs']:.0f} | "
+                f"{cost.get('finalists_cpu_seconds', 0):.0f} |"
             ]
-            if "reference_sample_epochs" in cost
+            if "finalists_sample_epochs" in cost
             else []
         ),
+        f"| retraining (a fixed design) / test evaluation | "
+        f"{cost.get('retrain_sample_epochs', 0):.0f} | "
+        f"{cost.get('retrain_cpu_seconds', 0):.0f} |",
         f"| **total** | {cost.get('total_sample_epochs', 0):.0f} "
         f"(**{cost.get('budget_used', 0):.2f}** trainings) | |",
         "",

@@ -40,6 +40,7 @@ __all__ = [
     "fit_temperature",
     "per_image_log_loss",
     "per_image_score",
+    "scored_balanced_mean",
     "stratified_folds",
     "weighted_difference",
 ]
@@ -110,6 +111,9 @@ def weighted_difference(
     ``losses_a`` and ``losses_b`` are per-image values float (M,) of any score (log-losses in
     nats, 0/1 errors), in the order of ``labels``.
 
+    A NaN value marks an image that design is not scored on (cross-fitting); the difference is
+    taken over the images where both values are finite.
+
     The balanced score is Σ_c (1/C) mean_{i ∈ c} ℓ_i over the C classes present; for the paired
     differences d_i = ℓ^a_i − ℓ^b_i its variance is Σ_c s_c² / (C² n_c), s_c² the sample variance
     of d within class c (sampling the meta images of each class anew).
@@ -117,8 +121,11 @@ def weighted_difference(
     Returns:
         (difference, standard error), in the unit of the per-image values.
     """
-    labels = np.asarray(labels)
     d = np.asarray(losses_a, dtype=np.float64) - np.asarray(losses_b, dtype=np.float64)
+    # NaN marks an image a design may not be scored on (it was fitted on it: cross-fitting);
+    # the difference is taken over the images both designs are scored on.
+    scored = np.isfinite(d)
+    labels, d = np.asarray(labels)[scored], d[scored]
     present = [c for c in range(num_classes) if (labels == c).any()]
     classes = len(present)
     mean = sum(d[labels == c].mean() for c in present) / classes
@@ -128,6 +135,14 @@ def weighted_difference(
         if len(dc) > 1:
             variance += dc.var(ddof=1) / (classes**2 * len(dc))
     return float(mean), float(np.sqrt(variance))
+
+
+def scored_balanced_mean(values: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """:func:`balanced_mean` of the per-image values (M,) over the images a design is scored on
+    (finite values; NaN marks an image it was fitted on, under cross-fitting)."""
+    values = np.asarray(values, dtype=np.float64)
+    scored = np.isfinite(values)
+    return balanced_mean(values[scored], np.asarray(labels)[scored], num_classes)
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,7 @@ def choose_within_one_standard_error(
     """
     if not designs:
         raise ValueError("no design to choose from")
-    scores = {d.key: balanced_mean(d.losses, labels, num_classes) for d in designs}
+    scores = {d.key: scored_balanced_mean(d.losses, labels, num_classes) for d in designs}
     best = min(designs, key=lambda d: (scores[d.key], d.complexity))
     rows, candidates = [], []
     for design in designs:
