@@ -88,16 +88,20 @@ class TrainingMethodTests:
     epochs: ClassVar[int] = 3
     interrupt_after: ClassVar[int | None] = None
 
+    # Class-scoped fixtures are classmethods: pytest runs them once per class, not per instance
+    # (as instance methods they are deprecated since pytest 9.1).
     @pytest.fixture(scope="class")
-    def method_config(self) -> ExperimentConfig:
+    @classmethod
+    def method_config(cls) -> ExperimentConfig:
         """The subclass's config on the CPU, quiet, with ``epochs`` epochs."""
         return load_config(
-            self.config_name,
-            [*self.overrides, f"train.epochs={self.epochs}", "train.progress=false", "device=cpu"],
+            cls.config_name,
+            [*cls.overrides, f"train.epochs={cls.epochs}", "train.progress=false", "device=cpu"],
         )
 
     @pytest.fixture(scope="class")
-    def method_splits(self, method_config: ExperimentConfig) -> Splits:
+    @classmethod
+    def method_splits(cls, method_config: ExperimentConfig) -> Splits:
         return build_splits(method_config)
 
     def _run(

@@ -55,14 +55,15 @@ class TestPseudoLabel(TrainingMethodTests):
     overrides = (*SMALL, "pseudo_label.rampup_epochs=1")
 
     @pytest.fixture(scope="class")
-    def method_config(self, tmp_path_factory):
+    @classmethod
+    def method_config(cls, tmp_path_factory):
         path = _relabel_file(tmp_path_factory.mktemp("relabel") / "r.npz")
         return load_config(
-            self.config_name,
+            cls.config_name,
             [
-                *self.overrides,
+                *cls.overrides,
                 f"data.relabel_file={path}",
-                f"train.epochs={self.epochs}",
+                f"train.epochs={cls.epochs}",
                 "train.progress=false",
                 "device=cpu",
             ],
