@@ -204,6 +204,45 @@ def test_an_unfinished_run_is_not_restarted_without_resume(tmp_path: Path, capsy
     assert main(["train", "demo", "--run-dir", str(run_dir), *FAST, "--resume"]) == 0
 
 
+def test_a_refused_resume_changes_nothing_and_its_advice_works(tmp_path: Path, capsys):
+    """Issue 21: a changed config or relabel file on a finished run is refused before config.yaml
+    and data.json are rewritten, so `evaluate` still works; the advice (--overwrite) is taken."""
+    from autorobust.data.relabel import write_relabel_file
+    from autorobust.experiment import build_splits, load_run_config
+
+    run_dir = tmp_path / "run"
+    base = ["train", "demo", "--run-dir", str(run_dir), *FAST]
+    assert main(base) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    pool = build_splits(load_run_config(run_dir)).train
+    relabel = write_relabel_file(
+        tmp_path / "r.npz", labels=pool.labels, source_index=pool.source_index
+    )
+    changes = (["--set", "train.epochs=3"], ["--set", f"data.relabel_file={relabel}"])
+    for changed in changes:
+        line = _refused([*base, *changed, "--resume"], capsys)
+        assert line == (
+            f"{run_dir / 'checkpoint.pt'}: checkpoint was written by a different configuration "
+            "(config or relabel file changed); pass --overwrite to replace that run, or choose "
+            "another --run-dir"
+        )
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert main(["evaluate", str(run_dir), "--device", "cpu"]) == 0
+    assert main([*base, "--set", "train.epochs=3", "--overwrite"]) == 0
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 3
+
+
+def test_a_resume_removes_the_temporary_files_of_a_killed_write(tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "demo", "--run-dir", str(run_dir), *FAST]) == 0
+    (run_dir / "metrics.json").unlink()  # killed after its last checkpoint ...
+    stale = run_dir / ".checkpoint.pt.k1ll3d.tmp"  # ... while writing the next one
+    stale.write_bytes((run_dir / "checkpoint.pt").read_bytes()[:1000])
+    assert main(["train", "demo", "--run-dir", str(run_dir), *FAST, "--resume"]) == 0
+    assert sorted(p.name for p in run_dir.glob(".*")) == [".lock"]
+
+
 def test_resume_and_overwrite_exclude_each_other(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "demo", "--run-dir", str(tmp_path / "r"), "--resume", "--overwrite"])

@@ -57,6 +57,7 @@ __all__ = [
     "evaluate_run",
     "load_best_model",
     "load_run_config",
+    "remove_temporary_files",
     "train_run",
 ]
 
@@ -300,6 +301,8 @@ def train_run(
         )
     train_data, val_data = trainer.fit_data(splits)
     with _run_directory(run_dir, resume=resume, overwrite=overwrite):
+        if resume:  # refused before anything in the run directory changes
+            _check_resumable(run_dir, trainer.fingerprint, config.train.record_dynamics)
         write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
         write_json(run_dir / DATA_NAME, splits.summary())
         result = trainer.fit(train_data, val_data, resume=resume)
@@ -369,6 +372,7 @@ def _run_directory(run_dir: Path, *, resume: bool, overwrite: bool) -> Iterator[
         try:
             if fresh:
                 _refuse_existing_run(run_dir)
+            remove_temporary_files(run_dir)
             if overwrite:
                 for name in (CHECKPOINT_NAME, METRICS_NAME):
                     (run_dir / name).unlink(missing_ok=True)
@@ -378,6 +382,42 @@ def _run_directory(run_dir: Path, *, resume: bool, overwrite: bool) -> Iterator[
             if created and not (run_dir / CHECKPOINT_NAME).exists():
                 _remove_created(created)
             raise
+
+
+def remove_temporary_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files that :func:`autorobust._io.atomic_write` leaves in ``run_dir``
+    (not its subfolders) when its process is killed mid-write (``.checkpoint.pt.*.tmp``).
+
+    Call it only while holding the directory's lock: no other process can be writing there then,
+    so every such file is stale. Returns the files deleted.
+    """
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _check_resumable(run_dir: Path, fingerprint: str, record_dynamics: bool) -> None:
+    """Refuse ``--resume`` on a checkpoint this configuration cannot continue, before the run
+    directory is written to: a refused command changes nothing there."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        return
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("fingerprint", "") != fingerprint:
+        raise AutorobustError(
+            f"{path}: checkpoint was written by a different configuration (config or "
+            "relabel file changed); pass --overwrite to replace that run, or choose another "
+            "--run-dir"
+        )
+    if record_dynamics and "dynamics" not in checkpoint:
+        raise AutorobustError(
+            f"{path}: checkpoint has no recorded dynamics (written without "
+            "train.record_dynamics); pass --overwrite to train again with them, or choose "
+            "another --run-dir"
+        )
 
 
 def _refuse_existing_run(run_dir: Path) -> None:

@@ -376,7 +376,8 @@ class Trainer:
                     if "dynamics" not in checkpoint:
                         raise AutorobustError(
                             f"{self.checkpoint_path}: checkpoint has no recorded dynamics "
-                            "(written without train.record_dynamics); start without --resume"
+                            "(written without train.record_dynamics); replace that run "
+                            "(--overwrite) or use another run_dir"
                         )
                     self._recorder.load_state(checkpoint["dynamics"], self.checkpoint_path)
 
@@ -505,7 +506,7 @@ class Trainer:
         if checkpoint.get("fingerprint", "") != self.fingerprint:
             raise AutorobustError(
                 f"{path}: checkpoint was written by a different configuration; "
-                "use another run_dir or start without --resume"
+                "replace that run (--overwrite) or use another run_dir"
             )
         return checkpoint
 
