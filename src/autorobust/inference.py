@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autorobust._io import atomic_write
-from autorobust.data.sources.image_folder import IMAGE_EXTENSIONS, decode_images
+from autorobust.data.sources.image_folder import IMAGE_EXTENSIONS, decode_images, is_image_file
 from autorobust.data.tensors import Normalization, images_to_tensor, resolve_device
 from autorobust.errors import AutorobustError, DataError
 from autorobust.experiment import (
@@ -182,8 +182,8 @@ def _image_files(folder: Path) -> list[Path]:
         path
         for path in folder.rglob("*")
         if path.is_file()
-        and path.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and is_image_file(path)
     )
     if not files:
         raise DataError(f"{folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")

@@ -18,11 +18,12 @@ from autorobust.data.sources._common import (
     resolve_path,
     stratified_holdout,
 )
+from autorobust.data.sources._dicom import decode_dicom, has_dicom_preamble, is_dicom
 from autorobust.errors import ConfigError, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "decode_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "decode_images", "is_image_file"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".dcm")
 _INTEGER = re.compile(r"[+-]?\d+")
 _TRUE = ("1", "true", "yes", "y", "t")
 _FALSE = ("", "0", "false", "no", "n", "f")
@@ -56,6 +57,12 @@ class _Entries:
             self.labels + other.labels,
             self.groups + other.groups if both else None,  # type: ignore[operator]
         )
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether the file ``path`` is read as an image: one of :data:`IMAGE_EXTENSIONS` (any case),
+    or a DICOM file of another name (the 128-byte preamble and "DICM")."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS or has_dicom_preamble(path)
 
 
 def _check_inside(name: str, image_dir: Path, where: str) -> None:
@@ -104,7 +111,11 @@ class ImageFolderSource(DataSource):
     Without a test folder or ``test_csv``, a stratified ``test_fraction`` of every class is held
     out with ``default_rng(split_seed)``. Files with extensions .png, .jpg, .jpeg and .bmp (any
     case) are read, converted to RGB (``channels=3``) or grey (``channels=1``) and resized
-    bilinearly to ``image_size`` x ``image_size``.
+    bilinearly to ``image_size`` x ``image_size``. DICOM files (.dcm, or any name with the DICM
+    preamble; the ``dicom`` extra) are rescaled and windowed to 8 bits first (RescaleSlope and
+    RescaleIntercept, then the first WindowCenter/WindowWidth, else the image's min-max;
+    MONOCHROME1 inverted); multi-frame files, compressed ones without a decoder and files
+    without pixel data are refused, naming the file.
 
     Args:
         root: class-folder tree; default ``~/.cache/autorobust/image-folder``.
@@ -225,7 +236,7 @@ class ImageFolderSource(DataSource):
             files = sorted(
                 path
                 for path in class_dir.iterdir()
-                if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+                if path.is_file() and is_image_file(path)
             )
             if not files:
                 raise DataError(
@@ -448,6 +459,8 @@ class ImageFolderSource(DataSource):
 def decode_images(files: Sequence[Path], *, height: int, width: int, channels: int) -> np.ndarray:
     """Decode image files as the image-folder source does: Pillow, converted to RGB
     (``channels=3``) or grey (``channels=1``), resized bilinearly to ``width`` x ``height``.
+    DICOM files (``.dcm``, or the DICM preamble) are first read with pydicom and rescaled and
+    windowed to 8 bits (see ``autorobust.data.sources._dicom``).
 
     Args:
         files: the N image files.
@@ -467,11 +480,16 @@ def decode_images(files: Sequence[Path], *, height: int, width: int, channels: i
     images = np.empty((len(files), height, width, channels), dtype=np.uint8)
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as image:
-                converted = image.convert(mode)
+            if is_dicom(path):  # rescaled and windowed to 8 bits, then as any other image
+                converted = Image.fromarray(decode_dicom(path)).convert(mode)
+            else:
+                with Image.open(path) as image:
+                    converted = image.convert(mode)
             if converted.size != (width, height):
                 converted = converted.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.uint8)
+        except DataError:  # a DICOM file's own one-line refusal
+            raise
         except UnidentifiedImageError:
             raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
