@@ -268,3 +268,31 @@ def test_a_design_fitted_on_the_meta_set_is_cross_fitted(tmp_path: Path) -> None
     )
     (whole,) = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "w")
     assert whole.scored.all()
+
+
+def test_refit_trains_the_chosen_design_on_the_pool_and_the_meta_set(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path / "f",
+        "design.treatments=[none]",
+        "design.losses=[logit_adjustment]",
+        "design.max_trials=1",
+        "design.refit=true",
+    )
+    splits = build_splits(config)
+    merged = pipeline.with_meta_in_pool(splits)
+    pool, meta = splits.train, splits.meta
+    assert len(merged.train) == len(pool) + len(meta)
+    assert np.array_equal(merged.train.images[len(pool) :], meta.images)
+    assert np.array_equal(merged.train.labels[len(pool) :], meta.labels)
+    assert not merged.train.noise_mask[len(pool) :].any()
+    assert merged.meta is splits.meta  # still the validation split
+    outcome = run_design(config)
+    summary = json.loads((tmp_path / "f" / "design.json").read_text())
+    refit = json.loads((tmp_path / "f" / "refit" / "metrics.json").read_text())
+    assert refit["data"]["train_size"] == len(pool) + len(meta)
+    assert outcome.retrained.run_dir == tmp_path / "f" / "refit"
+    assert summary["refit"]["refit_test"] == refit["test"] == outcome.retrained.metrics["test"]
+    best = json.loads((tmp_path / "f" / "best" / "metrics.json").read_text())
+    assert summary["refit"]["best_test"] == best["test"]
+    assert summary["cost"]["refit_sample_epochs"] == (len(pool) + len(meta)) * 6
+    assert summary["cost"]["budget_used"] <= 3.0

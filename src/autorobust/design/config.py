@@ -106,6 +106,11 @@ class DesignConfig(StrictModel):
     balanced log-loss after a temperature fitted on the other meta images (default: smooth, and
     blind to how confident a design is, which the raw ``log_loss`` rewards in designs trained on
     cleaner labels), or the 0/1 balanced ``error``."""
+    refit: bool = False
+    """Once the design is chosen, train it again from scratch for ``train.epochs`` on the pool
+    plus the clean meta images (scikit-learn's ``refit``; ``run_dir/refit``), which then is the
+    design's model; ``best/`` stays for comparison. The meta images then both train the model
+    and select its epoch. Off by default: see README for what it was measured to do."""
     reference_final: bool = False
     """Make the reference design (no treatment, logit adjustment: the probe's recipe) one of the
     finalists whatever its first-rung score, so that it is always compared at ``train.epochs``

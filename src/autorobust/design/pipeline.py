@@ -39,7 +39,7 @@ import numpy as np
 from autorobust._io import atomic_write, write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.relabel import read_relabel_file
-from autorobust.data.splits import Splits, apply_relabel, rejected_samples
+from autorobust.data.splits import Splits, TrainingPool, apply_relabel, rejected_samples
 from autorobust.data.tensors import images_to_tensor, resolve_device
 from autorobust.design.scoring import (
     ScoredDesign,
@@ -392,7 +392,10 @@ def _fits(state: DesignRun, design: Design, directory: Path) -> list[_Fit]:
     for fold in (0, 1):
         fitted = np.flatnonzero(half == fold)
         fold_splits = dataclasses.replace(
-            splits, meta=splits.meta.subset(fitted), meta_index=splits.meta_index[fitted]
+            splits,
+            meta=splits.meta.subset(fitted),
+            # A user's trusted set has no positions in the source's train split (empty index).
+            meta_index=splits.meta_index[fitted] if len(splits.meta_index) else splits.meta_index,
         )
         fits.append(fit(directory / f"meta-half-{fold}", fold_splits, half != fold))
     return fits
@@ -524,18 +527,23 @@ def _finalists(state: DesignRun, done: list[Any]) -> list[Any]:
 
 
 def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> float:
-    """Sample-epochs to keep free for the finalists' continuation, if the next trial (whose
-    continuation costs ``continuation``; None: no next trial) may become one of them."""
-    finalists = _finalists(state, done)
-    costs = [t.user_attrs["continuation_sample_epochs"] for t in finalists]
+    """Sample-epochs to keep free for the finalists' continuation (and the refit), if the next
+    trial (whose continuation costs ``continuation``; None: no next trial) may become one of
+    the finalists."""
+    costs = [t.user_attrs["continuation_sample_epochs"] for t in _finalists(state, done)]
+    refit = 0.0
+    if state.config.design.refit:  # the chosen design trained once more, on pool and meta set
+        total = len(state.splits.train) + len(state.splits.meta)
+        refit = total * state.config.train.epochs * Design(loss="autobalance").cost_factor
+    reserve = float(sum(costs)) + refit
     if continuation is None:
-        return float(sum(costs))
+        return reserve
     if len(costs) < state.config.design.finalists:
-        return float(sum(costs)) + continuation
+        return reserve + continuation
     replaceable = costs[1:] if state.config.design.reference_final else costs
     if not replaceable:
-        return float(sum(costs))
-    return float(sum(costs)) + max(0.0, continuation - min(replaceable))
+        return reserve
+    return reserve + max(0.0, continuation - min(replaceable))
 
 
 def _noise_model_rejected(state: DesignRun) -> bool:
@@ -716,6 +724,42 @@ def _final_run(state: DesignRun, fit: _Fit) -> tuple[RunResult, _Fit]:
     return result, moved
 
 
+def with_meta_in_pool(splits: Splits) -> Splits:
+    """``splits`` whose training pool also holds the clean meta images with their labels
+    (appended; weight 1 where the pool is weighted), for a refit on everything clean. The meta
+    set stays the validation split."""
+    pool, meta = splits.train, splits.meta
+    m = len(meta)
+    groups = None
+    if pool.groups is not None and meta.groups is not None:
+        groups = np.concatenate([pool.groups, meta.groups])
+    weights = None if pool.weights is None else np.concatenate([pool.weights, np.ones(m)])
+    index = splits.meta_index if len(splits.meta_index) == m else np.full(m, -1, np.int64)
+    return dataclasses.replace(
+        splits,
+        train=TrainingPool(
+            images=np.concatenate([pool.images, meta.images]),
+            labels=np.concatenate([pool.labels, meta.labels]),
+            clean_labels=np.concatenate([pool.clean_labels, meta.labels]),
+            noise_mask=np.concatenate([pool.noise_mask, np.zeros(m, dtype=bool)]),
+            source_index=np.concatenate([pool.source_index, index]),
+            groups=groups,
+            weights=weights,
+        ),
+    )
+
+
+def _refit(state: DesignRun, design: Design) -> tuple[RunResult, float]:
+    """Stage 6 (``design.refit``): ``design`` trained from scratch for ``train.epochs`` on its
+    pool plus the meta images, in ``run_dir/refit``; (its result, sample-epochs)."""
+    config, splits = _design_config(
+        state, design, epochs=state.config.train.epochs, run_dir=state.run_dir / "refit"
+    )
+    splits = with_meta_in_pool(splits)
+    result = train_run(config, resume=True, splits=splits, evaluate_test=True)
+    return result, float(len(splits.train) * state.config.train.epochs * design.cost_factor)
+
+
 def _drop_trial_checkpoints(state: DesignRun, study: Any) -> None:
     """Once ``best`` holds the kept run, the trials' checkpoints are needed by nothing."""
     for trial in study.get_trials(deepcopy=False):
@@ -819,6 +863,7 @@ def run_design(
     state = DesignRun(config, splits, run_dir, probe_epochs, trial_epochs)
     _run_probe(state)
     final: dict[str, Any] | None = None
+    refit: dict[str, Any] | None = None
     kept_fit: _Fit | None = None
     if fixed is None:
         study = _run_study(state, default_study_name)
@@ -844,6 +889,12 @@ def run_design(
             )  # fmt: skip
             state.cost["retrain_sample_epochs"] = cost
         state.cost["retrain_cpu_seconds"] = time.process_time() - started
+        if config.design.refit and fixed is None:
+            best_test = retrained.metrics["test"]
+            started = time.process_time()
+            retrained, state.cost["refit_sample_epochs"] = _refit(state, design)
+            state.cost["refit_cpu_seconds"] = time.process_time() - started
+            refit = {"best_test": best_test, "refit_test": retrained.metrics["test"]}
         metrics = dict(retrained.metrics)
         metrics["noise_model"] = noise_model_report(state)
         write_json(retrained.run_dir / "metrics.json", metrics)
@@ -866,6 +917,7 @@ def run_design(
     summary = {
         "chosen": chosen,
         "final": final,
+        "refit": refit,
         "final_design": design.to_dict(),
         "final_name": design.describe(),
         "score": config.design.score,

@@ -134,6 +134,21 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
                 f"`{row['run_dir']}` | {'kept' if row['kept'] else ''} |"
             )
         lines.append("")
+    refit = summary.get("refit")
+    if refit:
+        best, again = refit["best_test"], refit["refit_test"]
+        lines += [
+            "### Refit on everything clean",
+            "",
+            "The chosen design was trained once more from scratch on the pool plus the clean meta "
+            "images (`refit/`), and that model is the design's. On the test split: balanced "
+            f"accuracy {_pct(again['balanced_accuracy'])}% against "
+            f"{_pct(best['balanced_accuracy'])}% without the meta images (`best/`), worst class "
+            f"{_pct(again['worst_class_accuracy'])}% against "
+            f"{_pct(best['worst_class_accuracy'])}%. The meta images also selected the refit's "
+            "epoch, so its validation numbers are optimistic.",
+            "",
+        ]
     test = summary.get("test")
     if test:
         lines += [
