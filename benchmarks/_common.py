@@ -1,10 +1,12 @@
-"""What the benchmark scripts share: running jobs in worker processes and filling README tables."""
+"""What the benchmark scripts share: running jobs in worker processes and filling the tables of
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import re
 from collections.abc import Callable, Iterator
@@ -12,7 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+# The page whose marked blocks (``<!-- NAME:start -->`` ... ``<!-- NAME:end -->``) the scripts fill.
+BENCHMARKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def run_jobs(
@@ -32,7 +35,7 @@ def run_jobs(
 
 def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
     """The flags the training benchmarks share: device, workers, threads, data root, output
-    folder (default ``results``) and --update-readme."""
+    folder (default ``results``) and --update-docs."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
@@ -40,7 +43,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
         "--data-root", default=None, help="Fashion-MNIST folder (default: config's)"
     )
     parser.add_argument("--out", type=Path, default=results)
-    parser.add_argument("--update-readme", action="store_true")
+    add_update_docs_flag(parser)
+
+
+def add_update_docs_flag(parser: argparse.ArgumentParser) -> None:
+    """``--update-docs`` (``args.update_docs``): put the table into docs/benchmarks.md.
+    ``--update-readme`` is its old name, kept as an alias."""
+    parser.add_argument(
+        "--update-docs",
+        "--update-readme",
+        dest="update_docs",
+        action="store_true",
+        help="write the table between its markers in docs/benchmarks.md",
+    )
 
 
 def run_overrides(job: dict, run_dir: str) -> list[str]:
@@ -81,15 +96,25 @@ def earlier_rows(path: Path | None, jobs: list[dict], key: Callable[[dict], tupl
     return [row for row in rows if key(row) not in recomputed]
 
 
-def update_readme(markers: tuple[str, str], table: str, note: str) -> None:
-    """Replace the README block between ``markers`` by ``note`` and ``table``."""
-    text = README.read_text(encoding="utf-8")
+def update_docs(markers: tuple[str, str], table: str, note: str) -> None:
+    """Replace the block of docs/benchmarks.md between ``markers`` by ``note`` and ``table``.
+
+    Each pair of markers must be there exactly once."""
+    text = BENCHMARKS_DOC.read_text(encoding="utf-8")
     start, end = markers
-    if start not in text or end not in text:
-        raise SystemExit(f"{README}: markers {start} / {end} not found")
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise SystemExit(f"{BENCHMARKS_DOC}: markers {start} / {end} not found exactly once")
     block = f"{start}\n{note}\n\n{table}\n{end}"
     pattern = re.escape(start) + ".*?" + re.escape(end)
-    README.write_text(re.sub(pattern, lambda _: block, text, flags=re.S), encoding="utf-8")
+    BENCHMARKS_DOC.write_text(re.sub(pattern, lambda _: block, text, flags=re.S), encoding="utf-8")
+
+
+def doc_link(path: Path) -> str:
+    """``path`` as a link from docs/benchmarks.md (relative where it can be)."""
+    try:
+        return os.path.relpath(path.resolve(), BENCHMARKS_DOC.parent)
+    except ValueError:  # another drive (Windows)
+        return str(path.resolve())
 
 
 def write_results(
@@ -102,11 +127,11 @@ def write_results(
     markers: tuple[str, str] | None = None,
 ) -> None:
     """Write ``out/NAME.json`` (``note``, the Python version and ``payload``) and ``out/NAME.md``
-    (note and table), print the table and, given ``markers``, put it into README."""
+    (note and table), print the table and, given ``markers``, put it into docs/benchmarks.md."""
     out.mkdir(parents=True, exist_ok=True)
     record = {"note": note, "python": platform.python_version(), **payload}
     (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / f"{name}.md").write_text(note + "\n\n" + table + "\n")
     print(table)
     if markers is not None:
-        update_readme(markers, table, note)
+        update_docs(markers, table, note)

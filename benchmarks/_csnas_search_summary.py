@@ -1,7 +1,8 @@
 """The ``search`` protocol's summary: strategies' table, contrastive rank correlation, compute.
 
-Split from ``architecture_search.py``; the table of README's first CSNAS block comes from here
-(``python benchmarks/architecture_search.py --summarise-only`` rebuilds it from the JSON lines).
+Split from ``architecture_search.py``; the table of the csnas-benchmark block of
+docs/benchmarks.md comes from here (``python benchmarks/architecture_search.py
+--summarise-only`` rebuilds it from the JSON lines).
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ Two protocols, chosen by the preset (or ``--protocol``):
     python benchmarks/architecture_search.py --preset cpu-rank-2h       # ~2 h on 2 idle CPU cores
     python benchmarks/architecture_search.py --preset gpu-rank --device cuda --workers 8
     python benchmarks/architecture_search.py --preset cpu-25min         # the search protocol
-    python benchmarks/architecture_search.py --preset cpu-rank-2h --summarise-only --update-readme
+    python benchmarks/architecture_search.py --preset cpu-rank-2h --summarise-only --update-docs
 
 Every finished unit is appended to the protocol's JSON lines at once. ``--deadline-s``, Ctrl-C or
 SIGTERM stop the run cleanly: no new unit starts, running units stop at their next epoch, and the
 summary is written from what finished. ``--summarise-only`` rebuilds the summary from the JSON
 lines; ``--resume`` (search protocol) keeps its finished units and runs the rest.
-``--update-readme`` fills the protocol's block of README.md.
+``--update-docs`` (alias ``--update-readme``) fills the protocol's block of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ PRESETS = {
     **{name: ("rank", p) for name, p in rank_study.PRESETS.items()},
     **{name: ("search", p) for name, p in search_study.PRESETS.items()},
 }
-RUN_FLAGS = ("device", "workers", "threads", "data_root", "out", "update_readme")
+RUN_FLAGS = ("device", "workers", "threads", "data_root", "out", "update_docs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         note=note,
         table=table,
         payload=payload,
-        markers=module.MARKERS if args.update_readme else None,
+        markers=module.MARKERS if args.update_docs else None,
     )
     return 0
 

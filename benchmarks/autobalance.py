@@ -13,8 +13,8 @@ pool). Cost: AutoBalance's wall time (search + retraining) / the same seed's CE 
     python benchmarks/autobalance.py --epochs 2 --warmup 1 --seeds 0 --noise 0 \
         --methods cross_entropy autobalance
 
-Writes benchmarks/results/autobalance.{json,md} and, with --update-readme, the table in README.md
-between the autobalance-benchmark markers.
+Writes benchmarks/results/autobalance.{json,md} and, with --update-docs, the table in
+docs/benchmarks.md between the autobalance-benchmark markers.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         note=note,
         table=table,
         payload={"elapsed_s": elapsed, "rows": rows},
-        markers=MARKERS if args.update_readme else None,
+        markers=MARKERS if args.update_docs else None,
     )
     return 0
 

@@ -9,8 +9,8 @@ epoch is selected on the clean validation split; 3 seeds. Reported on the balanc
     python benchmarks/baseline_losses.py --workers 4 --device cuda
     python benchmarks/baseline_losses.py --epochs 1 --seeds 0 --noise 0.4 --losses cross_entropy
 
-Writes benchmarks/results/baseline_losses.{json,md} and, with --update-readme, the table in
-README.md between the baseline-benchmark markers.
+Writes benchmarks/results/baseline_losses.{json,md} and, with --update-docs, the table in
+docs/benchmarks.md between the baseline-benchmark markers.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         note=note,
         table=table,
         payload={"elapsed_s": elapsed, "rows": rows},
-        markers=MARKERS if args.update_readme else None,
+        markers=MARKERS if args.update_docs else None,
     )
     return 0
 

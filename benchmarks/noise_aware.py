@@ -40,12 +40,13 @@ machine only the CPU ratio is meaningful). And the budget curve: ``design`` at -
     python benchmarks/noise_aware.py --preset cpu --resume    # the grid at n_max 1500, 10 epochs
     python benchmarks/noise_aware.py --preset full --resume   # the protocol
     python benchmarks/noise_aware.py --preset gpu-30ep --resume   # a GPU, 30 epochs
-    python benchmarks/noise_aware.py --preset cpu --summarise-only --update-readme
+    python benchmarks/noise_aware.py --preset cpu --summarise-only --update-docs
 
 Every finished unit is appended to OUT/noise_aware.jsonl at once; ``--resume`` skips the units
 already there (a stopped run continues with the same command; a unit stopped midway restarts).
-The summary (OUT/noise_aware.{json,md}, the plot, README between the noise-aware-benchmark
-markers with --update-readme) uses the latest row of each unit of this invocation's grid.
+The summary (OUT/noise_aware.{json,md}, the plot, docs/benchmarks.md between the
+noise-aware-benchmark markers with --update-docs) uses the latest row of each unit of this
+invocation's grid.
 
 Cost estimate (CPU time of one thread, measured 2026-11-30 on the shared 2-core machine with the
 smoke preset and a calibration at n_max 1500, 4 epochs, ρ = 100, sym40, seed 0). A CE unit costs
@@ -73,7 +74,7 @@ import time
 from pathlib import Path
 from typing import get_args
 
-from _common import README, add_run_arguments, write_results
+from _common import add_run_arguments, doc_link, write_results
 from _noise_aware_summary import NOISE_NAMES, failures, plot_budget, summary_markdown
 from _noise_aware_units import (
     METHODS,
@@ -273,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     png = args.out / f"{NAME}_budget.png"
     plotted = plot_budget(rows, *CURVE, png)
-    try:
-        link = str(png.resolve().relative_to(README.parent))
-    except ValueError:
-        link = str(png.resolve())
+    link = doc_link(png)  # relative to docs/benchmarks.md, where --update-docs puts it
     table = summary_markdown(rows, budget=args.budget, curve=CURVE, plot=link if plotted else None)
     write_results(
         args.out,
@@ -290,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "finished": len(rows),
             "rows": sorted(rows, key=unit_key),
         },
-        markers=MARKERS if args.update_readme else None,
+        markers=MARKERS if args.update_docs else None,
     )
     return 0 if len(rows) == len(jobs) else 3
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import run_jobs, write_results
+from _common import add_update_docs_flag, run_jobs, write_results
 from _noise_aware_units import head_to_tail_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models-dir", default=None, help="write every estimate as a noise model JSON file"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--update-readme", action="store_true")
+    add_update_docs_flag(parser)
     args = parser.parse_args(argv)
     jobs = [
         {"noise": noise, "rho": rho, "n_max": args.n_max or None, "seed": seed, "probe": probe,
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         note=note,
         table=table,
         payload={"rows": rows},
-        markers=MARKERS if args.update_readme else None,
+        markers=MARKERS if args.update_docs else None,
     )
     return 0
 

@@ -14,7 +14,7 @@ trained as a share of the unpruned search, the best score kept, and the good tri
 trials that would have ended within one point of the best trial of the unpruned search.
 
     python benchmarks/pruner_defaults.py                  # about 15 minutes on 2 CPU cores
-    python benchmarks/pruner_defaults.py --update-readme  # and the table in README's "Search"
+    python benchmarks/pruner_defaults.py --update-docs  # and the table in docs/benchmarks.md
 
 Results go to ``benchmarks/results/pruner_defaults.{json,md}``.
 """
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import run_jobs, update_readme
+from _common import add_update_docs_flag, run_jobs, update_docs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- pruner-benchmark:start -->", "<!-- pruner-benchmark:end -->")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--update-readme", action="store_true")
+    add_update_docs_flag(parser)
     parser.add_argument(
         "--summarise-only",
         action="store_true",
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     (args.out / "pruner_defaults.md").write_text(note + "\n\n" + table + "\n")
     print(note + "\n\n" + table)
-    if args.update_readme:
-        update_readme(MARKERS, table, note)
+    if args.update_docs:
+        update_docs(MARKERS, table, note)
     return 0
 
 

@@ -25,8 +25,8 @@ samples, and seconds per epoch divided by the CE run of the same cell and seed.
     python benchmarks/reweighting.py --rho 100 --noise 0.4 --seeds 0 --epochs 1 --trials 2 \
         --trial-epochs 1 --methods ce mwnet searched                  # a smoke test
 
-Writes benchmarks/results/reweighting.{json,md} and, with --update-readme, the table in README.md
-between the reweight-benchmark markers.
+Writes benchmarks/results/reweighting.{json,md} and, with --update-docs, the table in
+docs/benchmarks.md between the reweight-benchmark markers.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             "searches": searches,
             "rows": rows,
         },
-        markers=MARKERS if args.update_readme else None,
+        markers=MARKERS if args.update_docs else None,
     )
     return 0
 

@@ -10,7 +10,7 @@ CPU time spent for nothing, and as longer epochs. The processes count each other
 Settings are interleaved and repeated; the table gives medians.
 
     python benchmarks/threads.py                   # about 10 minutes on 2 busy CPU cores
-    python benchmarks/threads.py --update-readme   # and the table in README
+    python benchmarks/threads.py --update-docs   # and the table in docs/benchmarks.md
 
 Results go to ``benchmarks/results/threads.{json,md}``.
 """
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import update_readme
+from _common import add_update_docs_flag, update_docs
 
 from autorobust.train.threads import available_cores
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--update-readme", action="store_true")
+    add_update_docs_flag(parser)
     args = parser.parse_args(argv)
     cores = available_cores()
     settings = {f"torch default ({cores} per process)": str(cores), "auto": "auto"}
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     (args.out / "threads.md").write_text(note + "\n\n" + table + "\n")
     print(note + "\n\n" + table)
-    if args.update_readme:
-        update_readme(MARKERS, table, note)
+    if args.update_docs:
+        update_docs(MARKERS, table, note)
     return 0
 
 
