@@ -74,7 +74,7 @@ def _finite_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class DataConfig(StrictModel):
-    """Which source to read and how to split it (METHODS.md section 1, "Splits")."""
+    """Which source to read and how to split it (docs/data.md, "Splits and shift")."""
 
     source: str = "digits"
     """The data source: ``digits`` (scikit-learn's bundled 8x8 digits), ``fashion-mnist``,

@@ -1,4 +1,4 @@
-"""Simulated distribution shift: class imbalance profiles and label noise (METHODS.md section 1).
+"""Simulated distribution shift: class imbalance profiles and label noise (docs/data.md).
 
 A functional core in numpy: plain arguments in, arrays out, every random choice taken from an
 explicit ``np.random.Generator``. Validating configuration files is the config module's job;
@@ -97,8 +97,8 @@ def step_counts(n_max: int, num_classes: int, rho: float, mu: float = 0.5) -> np
     The last ceil(K*mu) classes are minority classes with floor(n_max/rho) images; the other
     classes keep n_max. mu is the *fraction of minority classes*, as in Cao et al.'s step
     imbalance (their code: the first K/2 classes keep n_max, the last K/2 get n_max/rho).
-    METHODS.md's wording "the first ceil(K*mu) classes keep n_max" contradicts its own
-    definition of mu; we follow the definition, which also matches the long-tailed profile in
+    The wording "the first ceil(K*mu) classes keep n_max" would contradict that definition of
+    mu; we follow the definition, which also matches the long-tailed profile in
     putting the head classes first.
 
     Args:

@@ -1,4 +1,4 @@
-"""The train / meta / test / unlabeled splits of one experiment (METHODS.md section 1, "Splits").
+"""The train / meta / test / unlabeled splits of one experiment (docs/data.md, "Splits and shift").
 
 :func:`make_splits` builds them from a source's own train and test splits in a fixed order:
 

@@ -3,7 +3,7 @@
 A :class:`Classifier` maps images (B, C, H, W) to logits (B, K) in two steps, ``forward_features``
 (backbone and global pooling, (B, feature_dim)) and ``forward_head`` (the linear layer), as timm's
 models do. It also names a few intermediate layers whose globally pooled outputs a Meta-Weight-Net
-may read (paper 002 searches which one feeds V).
+may read (the NAS of MW-Net searches which one feeds V; docs/methods/meta_weight_net.md).
 
 Intermediate outputs are captured with forward hooks that exist only while a capture is open, so a
 capture also works when the forward pass runs under :func:`torch.func.functional_call` with a dict
