@@ -1,6 +1,6 @@
 """Config section ``bilevel``: AutoBalance, the parametric loss learned by bilevel optimisation.
 
-Used by ``autorobust search loss`` (METHODS.md section 3). Defaults and why:
+Used by ``autorobust search loss`` (docs/methods/autobalance.md). Defaults and why:
 
 - the hypergradient is taken through the classifier's last linear layer only (``hyper_params:
   head``): the lower problem in the head is multinomial logistic regression on fixed features, whose
@@ -18,7 +18,7 @@ Used by ``autorobust search loss`` (METHODS.md section 3). Defaults and why:
   curvature directly (the step is then skipped, logged);
 - with ``hypergradient: neumann``, η is ``eta_scale / λ_max`` with λ_max estimated by power
   iteration on the same Hessian-vector product (the authors' η = 1 diverged on this project's
-  protocol, see METHODS.md: the series needs every eigenvalue of ηH in (0, 2)); a fixed η is
+  protocol, measured: the series needs every eigenvalue of ηH in (0, 2)); a fixed η is
   checked against λ_max and damped, growing terms halve η or fall back to CG (all logged in
   ``hyper_log``);
 - Δ = exp(d) rather than the authors' sigmoid(d) so that d = 0 is exactly cross-entropy; the

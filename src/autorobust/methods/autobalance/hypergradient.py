@@ -1,4 +1,4 @@
-"""AutoBalance's hypergradients (Li et al., NeurIPS 2021; METHODS.md §3).
+"""AutoBalance's hypergradients (Li et al., NeurIPS 2021).
 
 Lower level: w*(α) = argmin_w L_train(w, α) + (λ/2)‖w‖² with the parametric loss ℓ_α. Upper level:
 min_α L_val(w*(α)). By the implicit function theorem

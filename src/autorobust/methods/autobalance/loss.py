@@ -1,8 +1,8 @@
-"""AutoBalance's parametric cross-entropy (Li et al., NeurIPS 2021; METHODS.md section 3).
+"""AutoBalance's parametric cross-entropy (Li et al., NeurIPS 2021).
 
     ℓ(z, y) = −ω_y · log softmax(Δ ⊙ z + ι)_y,
 
-or, with a fixed noise ``transition`` T (T_ij = P(observed j | true i), METHODS.md §6), forward
+or, with a fixed noise ``transition`` T (T_ij = P(observed j | true i)), forward
 correction (Patrini et al., CVPR 2017) composed with the same scale, offset and weight:
 
     ℓ(z, ỹ) = −ω_ỹ · log (Tᵀ softmax(Δ ⊙ z + ι))_ỹ,

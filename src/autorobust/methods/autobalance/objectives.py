@@ -1,4 +1,4 @@
-"""AutoBalance's upper-level objectives and the fairness measures they target (METHODS.md §3).
+"""AutoBalance's upper-level objectives and the fairness measures they target (Li et al. 2021).
 
 The upper level minimises one of these on validation data: balanced cross-entropy, a smooth
 worst-class loss, or balanced cross-entropy plus a soft equal-opportunity gap between groups

@@ -1,4 +1,4 @@
-"""``method: autobalance``: AutoBalance's bilevel trainer (Li et al., NeurIPS 2021; METHODS.md §3).
+"""``method: autobalance``: AutoBalance's bilevel trainer (Li et al., NeurIPS 2021).
 
 Lower level: w*(α) = argmin_w L_train(w, α) + (λ/2)‖w‖² with the parametric loss ℓ_α
 (:class:`~autorobust.methods.autobalance.loss.ParametricLoss`). Upper level: min_α L_val(w*(α))

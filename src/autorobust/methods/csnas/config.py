@@ -1,4 +1,4 @@
-"""Config section ``architecture``: CSNAS, the label-free DARTS cell search (METHODS.md §4).
+"""Config section ``architecture``: CSNAS, the label-free DARTS cell search (Nguyen & Chang).
 
 Defaults are the paper's (paper 000, §IV-A and appendix A/B) unless a comment says otherwise. The
 search's sampler, trial budget, TPE start-up trials, ``n_ei_candidates`` and ``gamma`` live in the

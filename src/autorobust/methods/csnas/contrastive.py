@@ -10,7 +10,7 @@ of negatives n,
     L = lambda L_NCE(r, z^t) + (1 - lambda) L_NCE(r, z)                                  (3)
 
 Eq. (1) is applied literally to the negative pairs too: h(u, n) has the denominator
-exp(s(u, n)/tau) + sum_n' exp(s(u, n')/tau), in which n appears twice (METHODS.md §4 states it the
+exp(s(u, n)/tau) + sum_n' exp(s(u, n')/tau), in which n appears twice (the paper states it the
 same way). Everything is computed in log space (``logsumexp``), so tau = 0.07 cannot overflow.
 """
 

@@ -1,6 +1,6 @@
 """Forward loss correction (Patrini et al., CVPR 2017) composed with logit adjustment at the clean
 prior (Menon et al., ICLR 2021); with τ = 0 and GLC's T̂, the loss of Gold Loss Correction
-(Hendrycks et al., NeurIPS 2018). METHODS.md §6.
+(Hendrycks et al., NeurIPS 2018). See docs/methods/glc.md.
 
     ℓ(z, ỹ) = −log (T̂ᵀ softmax(z + τ log π̂))_ỹ = −log Σ_i T̂_iỹ softmax(z + τ log π̂)_i
 

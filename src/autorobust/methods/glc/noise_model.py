@@ -1,4 +1,4 @@
-"""The label-noise model: the transition matrix T̂ and the clean class counts n̂ (METHODS.md §6).
+"""The label-noise model: the transition matrix T̂ and the clean class counts n̂ (Hendrycks et al.).
 
 Under label noise the observed label ỹ of an image of true class y is drawn from row y of the
 transition matrix, T_ij = P(ỹ = j | y = i), so the observed class counts are not the class prior:
@@ -235,7 +235,7 @@ def estimate_transition_confusion(
 def estimate_clean_counts(
     transition: np.ndarray, observed_counts: np.ndarray, *, floor: float = DEFAULT_FLOOR
 ) -> np.ndarray:
-    """Clean class counts n̂ >= 0 from T̂ and the observed counts (METHODS.md §6).
+    """Clean class counts n̂ >= 0 from T̂ and the observed counts (docs/methods/glc.md).
 
     n̂ solves min ‖T̂ᵀ n − observed‖₂ over n >= 0 (non-negative least squares), is rescaled so
     that Σ n̂ = Σ observed = N, and every class is raised to at least ``floor`` · N / K (the other

@@ -1,4 +1,4 @@
-"""Meta-Weight-Net sample reweighting (Shu et al. 2019; METHODS.md section 2), ``method: reweight``.
+"""Meta-Weight-Net sample reweighting (Shu et al., NeurIPS 2019), ``method: reweight``.
 
 Per training batch (x_i, ỹ_i), i = 1..B, and a batch of the clean meta set (x^m_j, y^m_j):
 

@@ -1,8 +1,8 @@
 """Sample selection and relabelling: detection of noisy labels turned into a cleaned label set.
 
 A probe model trained on the noisy pool says, per sample, how likely its observed label is right;
-this package turns that into the labels the final model trains on (issue 13, item 3; METHODS.md
-section 6). It draws on the small-loss selection of DivideMix (Li et al., ICLR 2020) and the
+this package turns that into the labels the final model trains on (issue 13, item 3; see
+docs/methods). It draws on the small-loss selection of DivideMix (Li et al., ICLR 2020) and the
 prototype distances and soft relabelling of RoLT (Wei et al., 2021); the code is our own.
 
 - ``probe.py``: :class:`ProbeOutputs`, the arrays a probe produced (logits, penultimate features,
