@@ -12,8 +12,8 @@ the run's (H, W) and are only given a channel axis; both are standardised with t
 per-channel mean and standard deviation.
 
 What the probabilities are: ``softmax(z / T)``, z the selected weights' raw logits and T the
-temperature (1 with ``calibrated=False``). See README, "Predicting", for which posterior z models
-under each loss.
+temperature (1 with ``calibrated=False``). docs/running.md ("Predicting") says which posterior z
+models under each loss.
 """
 
 from __future__ import annotations

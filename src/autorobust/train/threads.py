@@ -4,7 +4,7 @@ Torch's default, one thread per core, suits one process alone on a machine. Seve
 each run one thread per core oversubscribe the CPU: their threads spin waiting for each other
 instead of working. On the project's 2-core machine, with other jobs sharing it, one digits script
 took 8 min 49 s with torch's default 2 threads and 32.5 s with 1 thread. Search workers started on
-one machine (README, "Many workers on one machine") hit exactly this.
+one machine (docs/methods/search.md, "Many workers on one machine") hit exactly this.
 
 ``auto`` therefore gives each autorobust process that trains on this machine an equal share:
 ``max(1, cores // processes)`` threads, where ``cores`` is the number of cores this process may
