@@ -175,3 +175,44 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path):
     # resume with a shorter budget is another configuration: refused, one line, status 2
     short = subprocess.run([*argv(3), "--resume"], capture_output=True, text=True, timeout=120)
     assert short.returncode == 2 and "different configuration" in short.stderr
+
+
+def test_a_late_ctrl_c_exits_130_with_one_line_or_not_at_all(tmp_path: Path):
+    """A Ctrl-C right after metrics.json is written (while the process ends) used to kill the
+    process silently (status -2) or print "Exception ignored ... KeyboardInterrupt"."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autorobust.cli",
+            "train",
+            "demo",
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "train.epochs=1",
+            *FAST[2:],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    metrics = run_dir / "metrics.json"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)  # polling for the file, not standing in for work
+    assert metrics.exists(), "no metrics were written"
+    time.sleep(0.02)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), (proc.returncode, err)
+    if proc.returncode == 0:  # it had ended: all its output is there
+        assert err == "" and f"wrote {metrics}" in out
+    else:
+        assert err.strip() == (
+            "autorobust: interrupted; checkpoints and studies are kept: rerun the same command "
+            "(with --resume for train) to continue"
+        )

@@ -244,10 +244,94 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_write(tmp_path: Path, 
 
 
 def test_resume_and_overwrite_exclude_each_other(tmp_path: Path, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["train", "demo", "--run-dir", str(tmp_path / "r"), "--resume", "--overwrite"])
-    assert info.value.code == 2
-    assert "not allowed with argument" in capsys.readouterr().err
+    line = _refused(
+        ["train", "demo", "--run-dir", str(tmp_path / "r"), "--resume", "--overwrite"], capsys
+    )
+    assert line == "--overwrite: not allowed with --resume (see: autorobust train --help)"
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # argparse's own refusals: one line naming the flag, no usage block
+        (
+            ["design", "demo", "--budget", "abc"],
+            "--budget: expected a number, got 'abc' (see: autorobust design --help)",
+        ),
+        (
+            ["search", "baseline", "demo", "--n-trials", "x"],
+            "--n-trials: invalid int value: 'x' (see: autorobust search baseline --help)",
+        ),
+        (["train"], "the following arguments are required: config (see: autorobust train --help)"),
+        # a value the config refuses is blamed on the flag as typed, not on a --set never typed
+        (
+            ["train", "demo", "--threads", "abc"],
+            "--threads abc: train.threads: must be an integer >= 1 or 'auto', got 'abc'",
+        ),
+        (
+            ["design", "demo", "--budget", "1"],
+            "--budget 1: design.budget: Input should be greater than or equal to 1.5 (got 1)",
+        ),
+        (
+            ["search", "baseline", "demo", "--n-trials", "0"],
+            "--n-trials 0: search.n_trials: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            ["search", "baseline", "demo", "--study-name", ""],
+            "--study-name '': search.study_name: must not be empty (an empty name would silently "
+            "join the default study); leave it out for the default",
+        ),
+        (
+            ["design", "demo", "--study-name", " "],
+            "--study-name ' ': search.study_name: must not be empty (an empty name would silently "
+            "join the default study); leave it out for the default",
+        ),
+    ],
+)
+def test_a_bad_flag_is_one_line_that_names_it(argv, expected, tmp_path: Path, capsys):
+    assert _refused([*argv, "--run-dir", str(tmp_path / "r")], capsys) == expected
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_rho_without_imbalance_names_the_fields(tmp_path: Path, capsys):
+    line = _refused(
+        [
+            "train",
+            "demo",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "shift.imbalance=none",
+            "--set",
+            "shift.rho=10",
+        ],
+        capsys,
+    )
+    assert line.endswith(
+        "--set shift.imbalance=none, --set shift.rho=10: shift: rho=10 has no effect with "
+        "imbalance 'none'; set shift.rho to 1 or shift.imbalance to long_tail or step"
+    )
+    line = _refused(
+        [
+            "train",
+            "demo",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "shift.noise=none",
+            "--set",
+            "shift.noise_rate=0.2",
+        ],
+        capsys,
+    )
+    assert line.endswith(
+        "shift: noise_rate=0.2 has no effect with noise 'none'; set shift.noise_rate to 0 or "
+        "shift.noise to symmetric or pair"
+    )
 
 
 # ------------------------------------------------------------------------- image paths

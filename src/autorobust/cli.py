@@ -1,17 +1,25 @@
 """The ``autorobust`` command. Argument parsing lives here only; the library gets typed objects.
 
-Every user error (bad config, missing file, impossible shift, unknown name) is printed as one line
-on stderr with exit status 2; ``--debug`` shows the traceback instead. Ctrl-C exits with 130 and
-leaves checkpoints and studies resumable.
+Every user error (bad config, missing file, impossible shift, unknown name, and a command line
+argparse refuses) is printed as one line on stderr with exit status 2; ``--debug`` shows the
+traceback instead. Ctrl-C exits with 130 and leaves checkpoints and studies resumable, also when it
+comes after the work is done, while the process ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from autorobust import __version__
 from autorobust.errors import AutorobustError
@@ -32,6 +40,36 @@ SEARCH_KINDS = {
     "loss": "AutoBalance: a loss learned by bilevel optimisation",
     "architecture": "CSNAS: label-free DARTS cell search",
 }
+
+
+INTERRUPTED_MESSAGE = (
+    "autorobust: interrupted; checkpoints and studies are kept: rerun the same command "
+    "(with --resume for train) to continue"
+)
+
+
+class _UsageError(Exception):
+    """A command line that argparse refuses, as one line that names what the user typed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (no usage block) naming the argument; its
+    sub-command parsers are of this class too (argparse creates them with the parent's type)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        message = message.replace(" with argument ", " with ")
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _float_text(text: str) -> str:
+    """A number as the user typed it: checked here, passed on as typed so that an error of the
+    config names exactly that (``--budget 1``, not ``1.0``)."""
+    try:
+        float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return text
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +102,7 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run dir)")
     parser.add_argument("--study-name", help="study name; workers sharing it share the study")
     parser.add_argument("--n-trials", type=int, help="finished trials the study should reach")
-    parser.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    parser.add_argument("--timeout", type=_float_text, help="stop starting trials after SECONDS")
     parser.add_argument("--sampler", choices=["tpe", "random", "nsga2"], help="search strategy")
     parser.add_argument(
         "--no-retrain", action="store_true", help="skip retraining the best trial with full budget"
@@ -73,7 +111,7 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``autorobust`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autorobust",
         description="Design how an image classifier copes with imbalanced, noisy or unlabeled "
         "data.",
@@ -120,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    export = commands.add_parser(
+        "export",
+        help="a finished run as one ONNX or torch.export file: uint8 images in, calibrated "
+        "class probabilities out",
+    )
+    export.add_argument("run_dir", help="a run directory written by `autorobust train`")
+    export.add_argument("--format", required=True, metavar="onnx|pt2", help="onnx or pt2")
+    export.add_argument(
+        "-o", "--output", help="file to write (default: model.onnx or model.pt2); FILE.json beside"
+    )
+    export.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="the raw softmax instead of the temperature fitted on the meta set",
+    )
+
     search = commands.add_parser("search", help="search a design with Optuna")
     kinds = search.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, help_text in SEARCH_KINDS.items():
@@ -143,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--study-name", help="study name (default: design-<config name>)")
     design.add_argument(
         "--budget",
-        type=float,
+        type=_float_text,
         help="compute budget in trainings of the configured model on the whole pool "
         "(overrides design.budget; default 3)",
     )
@@ -160,19 +214,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that set a config value: (attribute of the parsed arguments, the flag, the config key,
+# whether the value is a string, quoted so that YAML keeps it one: a study named 123).
+_CONFIG_FLAGS = (
+    ("run_dir", "--run-dir", "run_dir", True),
+    ("device", "--device", "device", True),
+    ("threads", "--threads", "train.threads", False),
+    ("storage", "--storage", "search.storage", True),
+    ("study_name", "--study-name", "search.study_name", True),
+    ("n_trials", "--n-trials", "search.n_trials", False),
+    ("timeout", "--timeout", "search.timeout", False),
+    ("sampler", "--sampler", "search.sampler", True),
+    ("budget", "--budget", "design.budget", False),
+)
+
+
 def _load(args: argparse.Namespace):
+    """The config of ``args``: the file, its ``--set`` overrides, then the flags; an invalid
+    value a flag set is blamed on the flag as typed (``--threads abc``)."""
     from autorobust.config import load_config
 
     overrides = list(args.overrides)
-    if args.run_dir:
-        overrides.append(f"run_dir={args.run_dir}")
-    if args.device:
-        overrides.append(f"device={args.device}")
+    labels: dict[str, str] = {}
     if args.no_progress:
         overrides.append("train.progress=false")
-    if args.threads is not None:
-        overrides.append(f"train.threads={args.threads}")
-    config = load_config(args.config, overrides)
+    for attribute, flag, key, is_text in _CONFIG_FLAGS:
+        value = getattr(args, attribute, None)
+        if value is None:
+            continue
+        item = f"{key}={json.dumps(value) if is_text else value}"
+        overrides.append(item)
+        labels[item] = f"{flag} {shlex.quote(str(value))}"
+    config = load_config(args.config, overrides, labels=labels)
     from autorobust.train.threads import apply_threads
 
     apply_threads(config.train.threads)  # before any work; every training run applies it again
@@ -230,6 +303,16 @@ def _command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_export(args: argparse.Namespace) -> int:
+    from autorobust.export import export_model
+
+    written = export_model(
+        args.run_dir, args.format, args.output, calibrated=not args.no_calibration
+    )
+    print(f"wrote {written} and {written}.json")
+    return 0
+
+
 def _run_search(
     kind: str,
     config: ExperimentConfig,
@@ -266,20 +349,6 @@ def _command_search(args: argparse.Namespace) -> int:
 
     config = _load(args)
     check_config(config)  # unknown names are refused before a study or folder is created
-    updates = {
-        "storage": args.storage,
-        "study_name": args.study_name,
-        "n_trials": args.n_trials,
-        "timeout": args.timeout,
-        "sampler": args.sampler,
-    }
-    updates = {key: value for key, value in updates.items() if value is not None}
-    if updates:
-        from autorobust.config import validate_config
-
-        raw = config.to_dict()
-        raw["search"].update(updates)
-        config = validate_config(raw, where="command line")
     outcome = _run_search(
         args.kind,
         config,
@@ -299,11 +368,6 @@ def _command_design(args: argparse.Namespace) -> int:
     from autorobust.design.pipeline import run_design
     from autorobust.experiment import check_config
 
-    overrides = {"search.storage": args.storage, "search.study_name": args.study_name}
-    overrides["design.budget"] = args.budget
-    args.overrides = list(args.overrides) + [
-        f"{key}={value}" for key, value in overrides.items() if value is not None
-    ]
     config = _load(args)
     check_config(config)  # unknown names are refused before a study or folder is created
     outcome = run_design(
@@ -344,6 +408,7 @@ COMMANDS = {
     "train": _command_train,
     "evaluate": _command_evaluate,
     "predict": _command_predict,
+    "export": _command_export,
     "search": _command_search,
     "design": _command_design,
     "datasets": _command_datasets,
@@ -357,9 +422,56 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Without ``argv`` (the ``autorobust`` command itself), the process ends here once the command
+    is done (:func:`_end_process`): a Ctrl-C while it ends exits 130 with the usual line instead
+    of a traceback or a silent death by signal in the interpreter's shutdown.
+    """
+    try:
+        status = _main(argv)
+    except KeyboardInterrupt:  # while parsing, or after the command returned
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    if argv is None:
+        _end_process(status)
+    return status
+
+
+def _end_process(status: int) -> NoReturn:
+    """Flush the output and end the process with ``status`` now.
+
+    Python's shutdown after the work (torch's libraries unloading) takes about a second, during
+    which the interpreter has already put SIGINT back to the default, so a Ctrl-C then killed the
+    process silently (status -2) or printed "Exception ignored ... KeyboardInterrupt". Nothing of
+    the run is left to write (every file was written atomically), so the shutdown is skipped; a
+    Ctrl-C before the end exits 130 with the usual line.
+    """
+
+    def interrupted(signum: int, frame: object) -> None:
+        _flush()
+        os.write(2, (INTERRUPTED_MESSAGE + "\n").encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, interrupted)
+    logging.shutdown()
+    _flush()
+    os._exit(status)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # closed pipe, busy stream
+            stream.flush()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"autorobust: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         return COMMANDS[args.command](args)
     except AutorobustError as exc:
@@ -375,11 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(
-            "autorobust: interrupted; checkpoints and studies are kept: rerun the same command "
-            "(with --resume for train) to continue",
-            file=sys.stderr,
-        )
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

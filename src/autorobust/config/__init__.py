@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -161,6 +161,16 @@ class ShiftConfig(StrictModel):
             raise ValueError(f"noise_matrix is only used with noise 'matrix', not {self.noise!r}")
         if self.noise in ("symmetric", "pair") and self.noise_rate == 0.0:
             raise ValueError(f"noise {self.noise!r} needs noise_rate > 0 (or noise 'none')")
+        if self.imbalance == "none" and self.rho != 1.0:
+            raise ValueError(
+                f"rho={self.rho:g} has no effect with imbalance 'none'; set shift.rho to 1 or "
+                "shift.imbalance to long_tail or step"
+            )
+        if self.noise == "none" and self.noise_rate != 0.0:
+            raise ValueError(
+                f"noise_rate={self.noise_rate:g} has no effect with noise 'none'; set "
+                "shift.noise_rate to 0 or shift.noise to symmetric or pair"
+            )
         return self
 
 
@@ -331,6 +341,17 @@ class SearchConfig(StrictModel):
     trials after their first epoch, often at chance accuracy. Replayed on unpruned demo searches,
     10 trials and 5 epochs kept every search's best trial and still saved a quarter of the epochs
     of 30-epoch trials (README, "Search"; ``benchmarks/pruner_defaults.py``)."""
+
+    @field_validator("study_name")
+    @classmethod
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                "must not be empty (an empty name would silently join the default study); "
+                "leave it out for the default"
+            )
+        return value
+
     seed: int | None = Field(None, ge=0)
     """Seed of the sampler; default: the run's ``seed`` (``null`` written out: drawn from the OS).
     Trial k is proposed with the seed (seed, k): two identical single-worker searches propose
@@ -425,18 +446,27 @@ def _holds(raw: Any, loc: Sequence[str | int]) -> bool:
     return True
 
 
-def _blame(loc: Sequence[str | int], where: str, file_raw: Any, overrides: Sequence[str]) -> str:
+def _blame(
+    loc: Sequence[str | int],
+    where: str,
+    file_raw: Any,
+    overrides: Sequence[str],
+    labels: Mapping[str, str] | None = None,
+) -> str:
     """Who set the value at ``loc``: the override that wrote it or a mapping above it (``--set
-    a.b=1``), the file, or both (``x.yaml with --set a.b=1``) when an override changed a part of
-    a value that is checked as a whole (e.g. ``train`` against its ``epochs``)."""
+    a.b=1``, or what ``labels`` names for that override, e.g. ``--threads abc``), the file, or both
+    (``x.yaml with --set a.b=1``) when an override changed a part of a value that is checked as a
+    whole (e.g. ``train`` against its ``epochs``)."""
     path = [str(part) for part in loc]
     inside = []
+    labels = labels or {}
     for item in reversed(overrides):  # the last override of a key is the one that counts
         key = item.partition("=")[0].split(".")
+        label = labels.get(item, f"--set {item}")
         if path[: len(key)] == key:
-            return f"--set {item}"
+            return label
         if key[: len(path)] == path:
-            inside.append(f"--set {item}")
+            inside.append(label)
     if not inside:
         return where
     if not _holds(file_raw, loc):
@@ -449,6 +479,7 @@ def _format_validation_error(
     where: str,
     file_raw: Any = None,
     overrides: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     parts: list[tuple[str, str]] = []
     for error in exc.errors():
@@ -458,7 +489,7 @@ def _format_validation_error(
             message = "unknown key"
         elif error["type"] not in ("value_error", "missing") and "input" in error:
             message = f"{message} (got {error['input']!r})"
-        source = _blame(error["loc"], where, file_raw, overrides)
+        source = _blame(error["loc"], where, file_raw, overrides, labels)
         if parts and parts[-1][0] == source:
             parts[-1] = (source, f"{parts[-1][1]}; {path}: {message}")
         else:
@@ -467,13 +498,19 @@ def _format_validation_error(
 
 
 def validate_config(
-    raw: dict[str, Any], where: str = "config", *, overrides: Sequence[str] = ()
+    raw: dict[str, Any],
+    where: str = "config",
+    *,
+    overrides: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> ExperimentConfig:
     """Validate a raw dict into an :class:`ExperimentConfig`; raise a one-line ConfigError.
 
     ``where`` names the origin of ``raw`` in messages. With ``overrides`` (``a.b=value`` items),
     ``raw`` is applied them first, and an invalid value one of them set is blamed on it
-    (``--set train.lr=abc: train.lr: ...``) rather than on ``where``.
+    (``--set train.lr=abc: train.lr: ...``) rather than on ``where``. ``labels`` maps an override
+    to what the user typed instead, when a command-line flag made it (``train.threads=abc`` to
+    ``--threads abc``).
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
@@ -481,7 +518,7 @@ def validate_config(
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, where, raw, overrides)) from None
+        raise ConfigError(_format_validation_error(exc, where, raw, overrides, labels)) from None
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -530,8 +567,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (a path or a bundled name), apply ``overrides`` and validate it."""
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+) -> ExperimentConfig:
+    """Read a YAML config (a path or a bundled name), apply ``overrides`` and validate it
+    (``labels``: see :func:`validate_config`)."""
     path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -545,4 +588,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return validate_config(raw, where=str(path), overrides=overrides or [])
+    return validate_config(raw, where=str(path), overrides=overrides or [], labels=labels)
