@@ -475,3 +475,28 @@ def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_directory(
     line = _refused(["train", "demo", "--run-dir", str(run_dir), *FAST], capsys)
     assert line == f"{run_dir / 'checkpoint.pt'}: cannot write (No space left on device)"
     assert not run_dir.exists()
+
+
+# ------------------------------------------------------------------------- design genotypes
+
+
+def test_a_bad_genotype_file_is_refused_before_the_design_starts(tmp_path: Path, capsys):
+    from autorobust.methods.csnas.darts.genotype import DARTS_V2
+
+    data = DARTS_V2.to_dict()
+    data["normal"][3] = "conv_9x9"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    run_dir = tmp_path / "design"
+    base = ["design", "demo", "--run-dir", str(run_dir), *FAST]
+    expected = (
+        f"design.architectures: {bad}: normal[3] (edge 1->3) is the unknown operation 'conv_9x9'"
+    )
+    for entries in (f"[fixed, {bad}]", f"[{bad}]"):
+        line = _refused([*base, "--set", f"design.architectures={entries}"], capsys)
+        assert line.startswith(expected + "; valid: ")
+        assert not run_dir.exists()  # no probe/, noise_model.json or study.db
+    missing = tmp_path / "missing.json"
+    line = _refused([*base, "--set", f"design.architectures=[fixed, {missing}]"], capsys)
+    assert line == f"design.architectures: {missing}: no such genotype file"
+    assert not run_dir.exists()

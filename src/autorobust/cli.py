@@ -367,9 +367,12 @@ def _command_search(args: argparse.Namespace) -> int:
 def _command_design(args: argparse.Namespace) -> int:
     from autorobust.design.pipeline import run_design
     from autorobust.experiment import check_config
+    from autorobust.methods.csnas.darts.genotype import check_genotype_files
 
     config = _load(args)
     check_config(config)  # unknown names are refused before a study or folder is created
+    # Every genotype file is parsed and validated before the probe trains or a file is written.
+    check_genotype_files(config.design.architectures)
     outcome = run_design(
         config,
         default_study_name=f"design-{Path(args.config).stem}",

@@ -43,6 +43,7 @@ __all__ = [
     "GenotypeError",
     "analyze_cell",
     "cell_edges",
+    "check_genotype_files",
     "edge_count",
     "random_genotype",
 ]
@@ -254,6 +255,30 @@ class Genotype:
         raise GenotypeError(
             f"genotype: expected a JSON file path or a mapping, got {type(value).__name__}"
         )
+
+
+def check_genotype_files(
+    entries: Sequence[str], *, field: str = "design.architectures", keep: str = "fixed"
+) -> dict[str, Genotype]:
+    """Read and validate every genotype file among ``entries`` (``keep``, the config's own model,
+    is no file and is skipped), before anything is trained or written.
+
+    Returns:
+        The genotypes by entry.
+
+    Raises:
+        GenotypeError: one line, ``<field>: <file>: <what is wrong>``: missing, not JSON, an
+            unknown operation, a wrong length or a cell without a path to its output.
+    """
+    genotypes = {}
+    for entry in entries:
+        if entry == keep:
+            continue
+        try:
+            genotypes[entry] = Genotype.load(entry)
+        except GenotypeError as exc:
+            raise GenotypeError(f"{field}: {exc}") from None
+    return genotypes
 
 
 def random_genotype(nodes: int, rng: np.random.Generator, *, max_tries: int = 1000) -> Genotype:
