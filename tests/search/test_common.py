@@ -108,7 +108,7 @@ def test_finishing_a_study_removes_what_failed_trials_left(tmp_path: Path) -> No
     run_dir = Path(config.run_dir)
     settings = search_settings(config.search, study_name="left", space={})
     study = open_study(settings, run_dir)
-    for state in (TrialState.FAIL, TrialState.COMPLETE):
+    for state in (TrialState.FAIL, TrialState.PRUNED, TrialState.COMPLETE):
         trial = study.ask()
         trial.suggest_float("x", 0.0, 1.0)
         folder = trial_dir(run_dir, trial.number)
@@ -118,9 +118,11 @@ def test_finishing_a_study_removes_what_failed_trials_left(tmp_path: Path) -> No
         (folder / "config.yaml").write_text("seed: 0\n")
         study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
     finish_study(study, run_dir)
-    # The failed trial's checkpoint and partial write are gone; the rest is left as it was.
+    # The failed and the pruned trial's checkpoints and partial writes are gone (no retry will
+    # resume them); the rest is left as it was.
     assert sorted(p.name for p in trial_dir(run_dir, 0).iterdir()) == ["config.yaml"]
-    assert sorted(p.name for p in trial_dir(run_dir, 1).iterdir()) == [
+    assert sorted(p.name for p in trial_dir(run_dir, 1).iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in trial_dir(run_dir, 2).iterdir()) == [
         ".metrics.json.a1b2.tmp", "checkpoint.pt", "config.yaml",
     ]  # fmt: skip
 

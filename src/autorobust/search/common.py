@@ -117,14 +117,16 @@ def _report_checkpoint(trial: optuna.Trial, config: ExperimentConfig) -> bool:
 
 
 def remove_stale_trial_files(study: optuna.Study, run_dir: Path) -> list[Path]:
-    """Delete the checkpoints and partial writes left in the directories of failed trials.
+    """Delete the checkpoints and partial writes left in the directories of failed and pruned
+    trials.
 
     A failed trial (its worker died, or it raised, or was interrupted) keeps its last checkpoint
     so that a retry can resume from it; once the study is finished no retry will, and the files
-    only take disk space. Returns the files deleted.
+    only take disk space. A pruned trial stops inside its training run, so it keeps its checkpoint
+    too, though nothing ever resumes it. Returns the files deleted.
     """
     removed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
         directory = trial_dir(run_dir, trial.number)
         if not directory.is_dir():
             continue
