@@ -21,7 +21,8 @@ The public names (importing the package loads none of them; each is imported on 
 - training: ``train_run`` -> ``RunResult``, ``evaluate_run``, ``load_run_config``,
   ``load_best_model``, ``classification_metrics`` (what ``metrics.json`` holds per split);
 - prediction, as ``autorobust predict``: ``load_model`` (a finished run's selected weights,
-  preprocessing and calibration temperature) -> ``LoadedModel``;
+  preprocessing and calibration temperature) -> ``LoadedModel``; ``export_model`` (as
+  ``autorobust export``: one ONNX or torch.export file, uint8 images in, probabilities out);
 - searches, as ``autorobust search KIND``: ``search_baseline`` (the baseline losses),
   ``search_reweighter`` (Meta-Weight-Net's V), ``search_loss`` (AutoBalance),
   ``search_architecture`` (CSNAS), each -> ``SearchOutcome``;
@@ -37,6 +38,7 @@ The package, by layer (a layer imports only the layers below it; ``.importlinter
 - ``methods``: one package per paper (``meta_weight_net``, ``autobalance``, ``csnas``,
   ``sample_selection``, ``glc``), each with its config section, trainer and search;
 - ``search``: the Optuna runner, samplers, the baseline search;
+- ``export``: a finished run as one ONNX or torch.export file;
 - ``inference``: a finished run's predictions on new images;
 - ``experiment``: config -> splits, model, loss, trainer; the run directory;
 - ``train``: the training loop, checkpoints, metrics, thread counts; ``report``: shared plots;
@@ -72,6 +74,7 @@ __all__ = [
     "create_loss",
     "create_model",
     "evaluate_run",
+    "export_model",
     "list_losses",
     "list_models",
     "load_best_model",

@@ -47,6 +47,8 @@ EXPORTS: dict[str, tuple[str, str]] = {
     # prediction (`autorobust predict`)
     "load_model": ("inference", "load_model"),
     "LoadedModel": ("inference", "LoadedModel"),
+    # a finished run as one ONNX / torch.export file (`autorobust export`)
+    "export_model": ("export", "export_model"),
     # searches (`autorobust search KIND`)
     "search_baseline": ("search.baseline", "run_search"),
     "search_reweighter": ("methods.meta_weight_net.search", "run_search"),
@@ -99,6 +101,8 @@ def _import(module: str) -> ModuleType:
         import autorobust.train.metrics as loaded
     elif module == "inference":
         import autorobust.inference as loaded
+    elif module == "export":
+        import autorobust.export as loaded
     elif module == "search.baseline":
         import autorobust.search.baseline as loaded
     elif module == "search.common":
