@@ -1,8 +1,8 @@
 """Config section ``design``: the composed, searched design of ``autorobust design``.
 
 A leaf (pydantic and ``StrictModel`` only), so that :class:`~autorobust.config.ExperimentConfig`
-can hold it. The defaults and why are in each field's docstring; README's "Noise-aware designs"
-section shows what they were measured on.
+can hold it. The defaults and why are in each field's docstring; docs/methods/design.md shows
+what they were measured on.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class DesignConfig(StrictModel):
     budget: float = Field(3.0, ge=1.5)
     """Compute budget of the whole design (probe, trials, retraining) in trainings of the
     configured model with cross-entropy on the whole noisy pool for ``train.epochs`` epochs (a
-    sample-epoch count, with nominal per-method factors; README). 3 is issue 13's target."""
+    sample-epoch count, with nominal per-method factors; docs/methods/design.md). 3 is issue 13's target."""
     probe_epochs: int | None = Field(None, ge=1)
     """Epochs of the probe (logit adjustment on the noisy pool) whose outputs estimate the noise
     model and score every sample; None: a third of ``train.epochs``, rounded up. The probe is
@@ -110,7 +110,7 @@ class DesignConfig(StrictModel):
     """Once the design is chosen, train it again from scratch for ``train.epochs`` on the pool
     plus the clean meta images (scikit-learn's ``refit``; ``run_dir/refit``), which then is the
     design's model; ``best/`` stays for comparison. The meta images then both train the model
-    and select its epoch. Off by default: see README for what it was measured to do."""
+    and select its epoch. Off by default: docs/benchmarks.md has what it was measured to do."""
     reference_final: bool = False
     """Make the reference design (no treatment, logit adjustment: the probe's recipe) one of the
     finalists whatever its first-rung score, so that it is always compared at ``train.epochs``

@@ -619,7 +619,7 @@ def estimate_noise_model(
         num_classes: K.
         method: "confusion" (default; needs ``pool_logits``, and with ``correct_confusion`` also
             ``meta_logits`` and ``meta_labels``) or "glc" (needs ``meta_logits``,
-            ``meta_labels``). README, "Noise model", has the measured errors of both: on
+            ``meta_labels``). docs/benchmarks.md, "Noise model", has the measured errors of both: on
             Fashion-MNIST ρ = 100 with 40% noise GLC's estimate was the worst of all, worse than
             the observed counts as a prior.
         meta_logits: float (M, K), the probe's logits on the clean meta images.
@@ -673,7 +673,7 @@ def estimate_noise_model(
     resampling adds its (small) sampling error. What the bootstrap cannot see is a bias common
     to every resample (a probe that memorised the noisy labels agrees with them on the pool and
     hides the noise); that errs towards "no noise", the observed counts, which is the safe side
-    for a prior. Measured in benchmarks/noise_model.py (README, "Noise model").
+    for a prior. Measured in benchmarks/noise_model.py (docs/benchmarks.md, "Noise model").
 
     Returns:
         The :class:`NoiseModel`; ``method`` is "glc", "confusion" or "confusion_corrected", and
