@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autorobust.config import ExperimentConfig, load_config
+from autorobust.errors import ConfigError
 from autorobust.experiment import build_splits, train_run
 from autorobust.search.baseline import BaselineLossSpace
 from autorobust.search.baseline import run_search as baseline_search
@@ -163,3 +164,22 @@ def test_two_identical_reweighter_searches_propose_identical_trials(tmp_path: Pa
     assert len(runs[0]) == 3
     assert runs[0] == runs[1]
     assert len({str(params) for params in runs[0]}) == 3
+
+
+def test_the_pruner_warm_up_is_a_fraction_of_the_trials_epochs() -> None:
+    from autorobust.search.common import pruner_warmup_steps
+
+    search = _demo(Path("unused")).search
+    assert search.pruner_warmup_fraction == 0.2 and search.pruner_warmup_epochs is None
+    # Rounded up, at least one epoch; 0.2 * 30 is not 7 through floating point.
+    assert [pruner_warmup_steps(search, e) for e in (1, 2, 5, 8, 30, 100)] == [1, 1, 1, 2, 6, 20]
+    assert pruner_warmup_steps(search, None) == 5  # no epoch count: the former fixed default
+    settings = search_settings(search, study_name="s", space={}, trial_epochs=30)
+    assert settings.pruner_warmup_steps == 6
+    # A fixed count, as configs written before the fraction existed hold it, wins.
+    fixed = search.model_copy(update={"pruner_warmup_epochs": 5})
+    assert [pruner_warmup_steps(fixed, e) for e in (2, 30, None)] == [5, 5, 5]
+    none = search.model_copy(update={"pruner_warmup_fraction": 0.0})
+    assert pruner_warmup_steps(none, 30) == 0
+    with pytest.raises(ConfigError, match=r"search\.pruner_warmup_fraction: Input should be less"):
+        load_config("demo", ["search.pruner_warmup_fraction=1.5"])

@@ -112,6 +112,7 @@ def run_search(
         config.search,
         study_name=default_study_name,
         space={**space.describe(), "trial_epochs": trial_epochs},
+        trial_epochs=trial_epochs,
     )
     study = run_study(objective, settings, run_dir)
     best = finish_study(study, run_dir)["best_trial"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "SearchOutcome",
     "finish_study",
     "prune_if_hopeless",
+    "pruner_warmup_steps",
     "remove_stale_trial_files",
     "search_settings",
     "train_trial",
@@ -155,15 +157,33 @@ def finish_study(study: optuna.Study, run_dir: Path, **extra: Any) -> dict[str, 
     return summary
 
 
+FALLBACK_WARMUP_STEPS = 5
+"""Steps never pruned in a search whose trials report no epoch count (the former default)."""
+
+
+def pruner_warmup_steps(search: SearchConfig, trial_epochs: int | None) -> int:
+    """Reported steps (epochs) of a trial the pruner never stops: ``search.pruner_warmup_epochs``
+    when set, else ``search.pruner_warmup_fraction`` of ``trial_epochs`` rounded up, else (no
+    epoch count) :data:`FALLBACK_WARMUP_STEPS`."""
+    if search.pruner_warmup_epochs is not None:
+        return search.pruner_warmup_epochs
+    if trial_epochs is None:
+        return FALLBACK_WARMUP_STEPS
+    # round() first: 0.2 * 30 is 6.000000000000001 in floating point, which is 6 epochs.
+    return math.ceil(round(search.pruner_warmup_fraction * trial_epochs, 9))
+
+
 def search_settings(
     search: SearchConfig,
     *,
     study_name: str,
     space: Mapping[str, Any],
     directions: tuple[Direction, ...] = ("maximize",),
+    trial_epochs: int | None = None,
 ) -> SearchSettings:
     """The runner's settings from a config's ``search`` section (``study_name`` is the default);
-    ``space`` describes the search space, which a resumed study must share."""
+    ``space`` describes the search space, which a resumed study must share; ``trial_epochs``,
+    the epochs of one trial, sizes the pruner's warm-up (:func:`pruner_warmup_steps`)."""
     return SearchSettings(
         study_name=search.study_name or study_name,
         storage=search.storage,
@@ -177,7 +197,7 @@ def search_settings(
         multivariate=search.multivariate,
         pruner=search.pruner,
         pruner_startup_trials=search.pruner_startup_trials,
-        pruner_warmup_steps=search.pruner_warmup_epochs,
+        pruner_warmup_steps=pruner_warmup_steps(search, trial_epochs),
         directions=directions,
         heartbeat_interval=search.heartbeat_interval,
         max_retry=search.max_retry,

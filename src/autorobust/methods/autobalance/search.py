@@ -206,7 +206,10 @@ def run_search(
         return float(learned["val_balanced_accuracy"])
 
     settings = search_settings(
-        config.search, study_name=default_study_name, space={"tune": space.describe()}
+        config.search,
+        study_name=default_study_name,
+        space={"tune": space.describe()},
+        trial_epochs=config.epochs("bilevel"),
     )
     study = run_study(objective, settings, run_dir)
     best = finish_study(study, run_dir)["best_trial"]

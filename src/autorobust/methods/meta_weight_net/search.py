@@ -199,6 +199,7 @@ def run_search(
         config.search,
         study_name=default_study_name,
         space={**space.describe(), "trial_epochs": trial_epochs},
+        trial_epochs=trial_epochs,
     )
     # The configured V (by default the original 1-100-1 on the loss) is the first trial, so the
     # search is never judged worse on validation than the design it starts from.
