@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from autorobust.config import load_config
-from autorobust.errors import ConfigError
-from autorobust.experiment import build_model, build_splits
-from autorobust.methods.autobalance.search import run_search
+from autorobust.errors import AutorobustError, ConfigError
+from autorobust.experiment import build_model, build_splits, train_run
+from autorobust.methods.autobalance.search import bilevel_trial_config, run_search
 from autorobust.methods.autobalance.split import split_for_bilevel
 from autorobust.methods.autobalance.trainer import BilevelTrainer, bilevel_loss
+from autorobust.train.trainer import load_checkpoint
 
 CONFIG = "digits-lt20-autobalance"
 SHORT = ("train.epochs=2", "bilevel.warmup_epochs=1")
@@ -81,18 +84,43 @@ def test_tuning_eta_scale_needs_the_neumann_series(tmp_path):
     _config(tmp_path, "t", "bilevel.tune=[eta_scale]", "bilevel.hypergradient=neumann")
 
 
-def test_upper_step_on_negative_curvature_is_skipped_with_its_reason(tmp_path):
+def test_upper_step_on_negative_curvature_is_skipped_with_its_reason(tmp_path, caplog):
     """Through every weight of the CNN (``hyper_params: all``) the Hessian is indefinite: no
-    upper step is taken (Adam's momentum would otherwise still move α) and the log says why."""
-    config = _config(tmp_path, "all", *SHORT, "bilevel.hyper_params=all", "bilevel.init=ce")
-    run_search(config, retrain=False)
-    learned = _learned(tmp_path, "all")
-    method = learned["method"]
-    assert method["upper_steps"] == 0 and method["skipped_steps"] >= 2
-    for entry in learned["hyper_log"]:
+    upper step is taken (Adam's momentum would otherwise still move α), each skip is one line on
+    the console with its reason, and a run that skipped more than half of its upper steps fails
+    loudly instead of passing for a learned loss; its checkpoint's log says why."""
+    config = bilevel_trial_config(
+        _config(tmp_path, "all", *SHORT, "bilevel.hyper_params=all", "bilevel.init=ce")
+    )
+    logger = "autorobust.methods.autobalance.trainer"
+    with caplog.at_level(logging.WARNING, logger=logger), pytest.raises(AutorobustError) as info:
+        train_run(config)
+    lines = [record.getMessage() for record in caplog.records]
+    skips = [line for line in lines if " skipped: " in line]
+    assert len(skips) >= 2 and all("\n" not in line for line in lines)
+    assert all(
+        re.fullmatch(
+            r"autobalance: upper step at step \d+ \(epoch 1\) skipped: .*H is not "
+            r"positive definite.*",
+            line,
+        )
+        for line in skips
+    ), skips
+    n = len(skips)
+    assert f"autobalance: {n} of {n} upper steps skipped, 0 guarded" in lines[-1]
+    assert str(info.value) == (
+        f"autobalance: {n} of {n} upper steps were skipped (the Hessian of the lower problem is "
+        "not positive definite), so the learned loss was hardly trained; set bilevel.damping > 0 "
+        "(e.g. 10) or bilevel.hyper_params: head"
+    )
+    assert not (tmp_path / "all" / "metrics.json").exists()
+    checkpoint = load_checkpoint(tmp_path / "all" / "checkpoint.pt")
+    hyper_log = checkpoint["extra"]["hyper_log"]
+    assert len(hyper_log) == n
+    for entry in hyper_log:
         assert "H is not positive definite" in entry["skipped"]
         assert entry["clip_factor"] == 0.0
-    assert learned["options"]["offset"] == [0.0] * 10  # still CE's
+    assert checkpoint["extra"]["loss"]["raw_offset"].abs().max() == 0.0  # still CE's
 
 
 class _GroupsOnAnotherDevice(BilevelTrainer):

@@ -443,3 +443,53 @@ def test_fairness_metrics_by_hand():
     assert metrics["equal_opportunity_gap"] == pytest.approx(0.5)
     assert metrics["worst_group_accuracy"] == pytest.approx(0.5)
     assert metrics["group_accuracy"] == {"0": 0.75, "1": 0.75}
+
+
+def test_neumann_series_accepted_on_an_indefinite_hessian_says_so():
+    """H = diag(2, -0.05): with J = 1 no term grows (the negative direction is small in g), so
+    the series is accepted; its last term, all in the negative direction, proves H indefinite
+    and the step records that as an event (it used to be accepted without a word)."""
+    from autorobust.methods.autobalance.hypergradient import (
+        HypergradientResult,
+        _guarded_neumann,
+    )
+
+    hessian = torch.tensor([[2.0, 0.0], [0.0, -0.05]], dtype=torch.float64)
+    g = [torch.tensor([1.0, 0.01], dtype=torch.float64)]
+    w = [torch.zeros(2, dtype=torch.float64)]
+    result = HypergradientResult(grads=[], val_loss=0.0, solver="neumann")
+    v = _guarded_neumann(
+        lambda vector: [hessian @ vector[0]],
+        g,
+        w,
+        result,
+        terms=1,
+        tol=None,
+        eta=0.5,
+        eta_scale=1.0,
+        eta_halvings=2,
+        power_iterations=30,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert v is not None and result.skipped is None
+    assert result.events == [
+        "neumann: H is indefinite (a term's curvature t·Ht/t·t is -0.05 <= 0) though no term "
+        "grew: series accepted"
+    ]
+    # A positive definite H: no event.
+    hessian[1, 1] = 0.05
+    result = HypergradientResult(grads=[], val_loss=0.0, solver="neumann")
+    _guarded_neumann(
+        lambda vector: [hessian @ vector[0]],
+        g,
+        w,
+        result,
+        terms=1,
+        tol=None,
+        eta=0.5,
+        eta_scale=1.0,
+        eta_halvings=2,
+        power_iterations=30,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert result.events == [] and result.skipped is None

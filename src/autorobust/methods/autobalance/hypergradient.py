@@ -139,6 +139,10 @@ class InverseHVP:
             the growing step multiplied by (I − ηH) (free: H t was computed anyway). ≤ 0 proves
             that H is not positive definite; > 0 with growth means η·λ_max > 2 or an
             indefiniteness this term does not show yet.
+        min_curvature: Neumann only: the smallest Rayleigh quotient t·Ht / t·t over the terms
+            multiplied by H (free, as ``curvature``); ≤ 0 proves H indefinite even when no term
+            grew (None: no term was).
+        last_term: Neumann ``converged`` or ``truncated``: the last term (I − ηH)^j g.
     """
 
     vector: Tensors
@@ -146,6 +150,8 @@ class InverseHVP:
     status: str
     detail: str = ""
     curvature: float | None = None
+    min_curvature: float | None = None
+    last_term: Tensors | None = None
 
 
 def neumann_inverse_hvp(
@@ -176,16 +182,20 @@ def neumann_inverse_hvp(
     norms = [tensor_norm(term)]
     if norms[0] == 0.0:
         return InverseHVP(total, norms, "converged", "g = 0")
+    lowest: float | None = None
     for j in range(1, terms + 1):
         hv = hvp(term)
         previous = term
+        # The Rayleigh quotient of this term (a zero term, once the series is exact, has none).
+        curvature = float(_dot(previous, hv)) / norms[-1] ** 2 if norms[-1] > 0 else math.nan
+        if norms[-1] > 0 and (lowest is None or not curvature >= lowest):
+            lowest = curvature
         term = [t - eta * h for t, h in zip(term, hv, strict=True)]
         norm = tensor_norm(term)
         norms.append(norm)
         limit = (1.0 + GROWTH_SLACK) * min(norms[-2], norms[0])
         if not math.isfinite(norm) or norm > limit:
             larger = "its predecessor" if norms[-2] <= norms[0] else "the first"
-            curvature = float(_dot(previous, hv)) / norms[-2] ** 2
             return InverseHVP(
                 total,
                 norms,
@@ -193,13 +203,21 @@ def neumann_inverse_hvp(
                 f"term {j} grew (norm {norm:.3g} > {larger} {min(norms[-2], norms[0]):.3g}; "
                 f"eta {eta:.3g}, curvature t·Ht/t·t {curvature:.3g})",
                 curvature=curvature,
+                min_curvature=lowest,
             )
         total = [s + eta * t for s, t in zip(total, term, strict=True)]
         if tol is not None and norm <= tol * norms[0]:
-            return InverseHVP(total, norms, "converged", f"{j} terms")
+            return InverseHVP(
+                total, norms, "converged", f"{j} terms", min_curvature=lowest, last_term=term
+            )
     relative = norms[-1] / norms[0]
     return InverseHVP(
-        total, norms, "truncated", f"relative term norm {relative:.3g} after {terms} terms"
+        total,
+        norms,
+        "truncated",
+        f"relative term norm {relative:.3g} after {terms} terms",
+        min_curvature=lowest,
+        last_term=term,
     )
 
 
@@ -494,6 +512,19 @@ def _guarded_neumann(
     if solved.status == "truncated" and tol is not None:
         result.events.append(f"neumann: {solved.detail} > tol {tol:g}: fell back to cg")
         return None
+    # A term t with t·Ht <= 0 makes the next one grow, so an accepted series shows an indefinite
+    # H only in its last term, which no step multiplied by H: one more product measures it. The
+    # series is accepted, as the authors' method would, and the step says so.
+    lowest = solved.min_curvature
+    last = solved.last_term
+    if last is not None and tensor_norm(last) > 0.0:
+        curvature = float(_dot(last, hvp(last))) / tensor_norm(last) ** 2
+        lowest = curvature if lowest is None or not curvature >= lowest else lowest
+    if lowest is not None and not lowest > 0.0:
+        result.events.append(
+            f"neumann: H is indefinite (a term's curvature t·Ht/t·t is {lowest:.3g} <= 0) "
+            "though no term grew: series accepted"
+        )
     return solved.vector
 
 

@@ -10,6 +10,7 @@ come from :mod:`~autorobust.methods.autobalance.split`. The parametric loss is e
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from autorobust.methods.autobalance.objectives import validation_objective
 from autorobust.methods.autobalance.split import split_for_bilevel
 from autorobust.models.base import Classifier
 from autorobust.train.registry import register_trainer
-from autorobust.train.trainer import LabeledImages, Trainer
+from autorobust.train.trainer import LabeledImages, Trainer, TrainResult
 
 __all__ = [
     "BilevelTrainer",
@@ -45,6 +46,9 @@ __all__ = [
     "build_bilevel_trainer",
     "solver_options",
 ]
+
+
+_log = logging.getLogger(__name__)
 
 
 def solver_options(bilevel: BilevelConfig) -> dict[str, Any]:
@@ -344,6 +348,38 @@ class BilevelTrainer(Trainer):
             "clip_factor": clip,
         }
         self.hyper_log.append(entry)
+        where = f"autobalance: upper step at step {step} (epoch {entry['epoch']})"
+        if result.skipped is not None:
+            _log.warning("%s skipped: %s", where, result.skipped)
+        elif result.events:
+            _log.warning("%s guarded: %s", where, "; ".join(result.events))
+        return result
+
+    def fit(self, train: LabeledImages, val: LabeledImages, *, resume: bool = False) -> TrainResult:
+        """:meth:`Trainer.fit`, then one line on the upper steps the guards skipped or changed.
+
+        Raises:
+            AutorobustError: more than half of the upper steps were skipped: the learned loss
+                was hardly trained, and the run would pass for an AutoBalance result.
+        """
+        result = super().fit(train, val, resume=resume)
+        total = len(self.hyper_log)
+        skipped = sum(1 for e in self.hyper_log if e.get("skipped"))
+        guarded = sum(1 for e in self.hyper_log if e.get("events") and not e.get("skipped"))
+        if skipped or guarded:
+            _log.warning(
+                "autobalance: %d of %d upper steps skipped, %d guarded (eta damped or halved, "
+                "a fallback to cg, an indefinite H); hyper_log in metrics.json has the reasons",
+                skipped,
+                total,
+                guarded,
+            )
+        if 2 * skipped > total:
+            raise AutorobustError(
+                f"autobalance: {skipped} of {total} upper steps were skipped (the Hessian of "
+                "the lower problem is not positive definite), so the learned loss was hardly "
+                "trained; set bilevel.damping > 0 (e.g. 10) or bilevel.hyper_params: head"
+            )
         return result
 
     @torch.no_grad()
