@@ -135,7 +135,7 @@ def test_options_take_no_infinity_or_nan(section: str):
     [
         ([[1, 0, 0], [0, 1, 0], [0.5, 0.4, 0]], "row 2 sums to 0.9, expected 1"),
         ([[1, 0], [0, 1, 0]], "must be square: row 1 has 3 entries, not 2"),
-        ([[1.5, -0.5], [0, 1]], "row 0 holds the negative entry -0.5"),
+        ([[1.5, -0.5], [0, 1]], "entry [0][1] is negative (-0.5)"),
         ([], "must be a K x K matrix, got an empty list"),
     ],
 )

@@ -154,11 +154,11 @@ def test_user_matrix_is_validated_and_copied() -> None:
         ),
         (
             dict(kind="matrix", rate=0.0, matrix=np.array([[1.2, -0.2], [0.0, 1.0]])),
-            r"entries must be finite and >= 0, got -0.2 in row 0, column 1",
+            r"noise matrix\[0\]\[1\] is negative \(-0.2\)",
         ),
         (
             dict(kind="matrix", rate=0.0, matrix=np.eye(3)),
-            r"noise matrix must have shape \(2, 2\), got \(3, 3\)",
+            r"noise matrix must be 2 x 2 \(one row per class\), got shape \(3, 3\)",
         ),
     ],
 )

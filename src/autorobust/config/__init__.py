@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autorobust._strict import StrictModel
+from autorobust._validation import check_row_stochastic
 
 # Each method's config section lives with the method (``autorobust/methods/<name>/config.py``),
 # the design's with the design (``autorobust/design/config.py``); these modules are leaves that
@@ -98,10 +99,6 @@ class DataConfig(StrictModel):
     _options_finite = field_validator("options")(_finite_options)
 
 
-# Tolerance on the row sums of a noise matrix (as in autorobust.data.shift).
-_ROW_SUM_TOLERANCE = 1e-6
-
-
 class ShiftConfig(StrictModel):
     """Simulated distribution shift of the training pool: imbalance first, then label noise."""
 
@@ -132,25 +129,11 @@ class ShiftConfig(StrictModel):
     @field_validator("noise_matrix")
     @classmethod
     def _row_stochastic(cls, value: list[list[float]] | None) -> list[list[float]] | None:
-        # The same rules and tolerance as autorobust.data.shift.check_transition_matrix, which
-        # this layer cannot import; checked here so that a bad matrix is refused with its field
-        # before any data are read.
-        if value is None:
-            return value
-        size = len(value)
-        if size == 0:
-            raise ValueError("must be a K x K matrix, got an empty list")
-        for row, entries in enumerate(value):
-            if len(entries) != size:
-                raise ValueError(
-                    f"must be square: row {row} has {len(entries)} entries, not {size}"
-                )
-            negative = [entry for entry in entries if entry < 0]
-            if negative:
-                raise ValueError(f"row {row} holds the negative entry {negative[0]:g}")
-            total = math.fsum(entries)
-            if abs(total - 1.0) > _ROW_SUM_TOLERANCE:
-                raise ValueError(f"row {row} sums to {total:.6g}, expected 1")
+        # autorobust._validation.check_row_stochastic, the check of every transition matrix
+        # (the same one autorobust.data.shift applies), here so that a bad matrix is refused
+        # with its field before any data are read.
+        if value is not None:
+            check_row_stochastic(value)
         return value
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from autorobust._validation import check_row_stochastic
 from autorobust.errors import ShiftError
 
 __all__ = [
@@ -38,8 +39,6 @@ __all__ = [
 # Absolute slack for floor/ceil of products such as 3000 * 100**-0.5 = 299.99999999999994 that
 # are integers in exact arithmetic; far below any genuine fractional part of a count.
 _EPS = 1e-9
-# Tolerance on the row sums of a user-supplied transition matrix.
-_ROW_SUM_TOL = 1e-6
 
 
 def _check_profile_args(n_max: int, num_classes: int, rho: float) -> None:
@@ -186,7 +185,8 @@ def check_transition_matrix(matrix: np.ndarray, num_classes: int) -> np.ndarray:
     T[c, j] is the probability that a clean label c is observed as j.
 
     Args:
-        matrix: array-like (K, K), non-negative and finite, every row summing to 1 within 1e-6.
+        matrix: array-like (K, K), non-negative and finite, every row summing to 1 within
+            :data:`autorobust._validation.ROW_SUM_TOLERANCE`.
         num_classes: K.
 
     Returns:
@@ -194,28 +194,11 @@ def check_transition_matrix(matrix: np.ndarray, num_classes: int) -> np.ndarray:
 
     Raises:
         ShiftError: wrong shape, a negative or non-finite entry, or a row that does not sum to 1
-            (the message names the row).
+            (one line naming the entry or row; :func:`autorobust._validation.check_row_stochastic`).
     """
-    t = np.array(matrix, dtype=np.float64)
-    if t.shape != (num_classes, num_classes):
-        raise ShiftError(
-            f"noise matrix must have shape ({num_classes}, {num_classes}), got {t.shape}"
-        )
-    bad = ~np.isfinite(t) | (t < 0)
-    if bad.any():
-        r, c = (int(i) for i in np.argwhere(bad)[0])
-        raise ShiftError(
-            f"noise matrix entries must be finite and >= 0, got {t[r, c]} in row {r}, column {c}"
-        )
-    sums = t.sum(axis=1)
-    off = np.flatnonzero(np.abs(sums - 1.0) > _ROW_SUM_TOL)
-    if off.size:
-        r = int(off[0])
-        raise ShiftError(
-            f"noise matrix row {r} sums to {sums[r]:.6g}, expected 1 (each row is the "
-            f"distribution of the observed label given clean label {r})"
-        )
-    return t
+    return check_row_stochastic(
+        matrix, name="noise matrix", num_classes=num_classes, error=ShiftError
+    )
 
 
 def noise_transition_matrix(
@@ -352,7 +335,7 @@ def apply_label_noise(
         raise ShiftError(f"noise matrix must be square (K, K), got shape {t.shape}")
     num_classes = t.shape[0]
     t = check_transition_matrix(t, num_classes)
-    t = t / t.sum(axis=1, keepdims=True)  # rows within 1e-6 of 1: make the quotas sum to n_c
+    t = t / t.sum(axis=1, keepdims=True)  # rows within the tolerance of 1: quotas sum to n_c
     if clean.size and (clean.min() < 0 or clean.max() >= num_classes):
         raise ShiftError(
             f"labels must lie in [0, {num_classes}) for a {num_classes}x{num_classes} noise "

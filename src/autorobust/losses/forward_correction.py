@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from autorobust._validation import check_row_stochastic
 from autorobust.errors import ConfigError
 
 __all__ = ["check_transition_option", "forward_corrected_nll"]
-
-_ROW_TOLERANCE = 1e-4  # hand-written YAML matrices (0.333...) are normalised, not refused
 
 
 def check_transition_option(
@@ -28,8 +27,9 @@ def check_transition_option(
     """A transition matrix given as a loss option, as float64 (K, K) with rows summing to 1.
 
     Args:
-        value: nested lists (K, K) of numbers >= 0, each row summing to 1 (within 1e-4; the
-            rows are then normalised exactly).
+        value: nested lists (K, K) of numbers >= 0, each row summing to 1 (within
+            :data:`autorobust._validation.ROW_SUM_TOLERANCE`, so that hand-written YAML rows
+            such as 0.33333 are accepted; the rows are then normalised exactly).
         num_classes: K.
         loss: the loss name for the messages.
         observed_counts: (K,) labels per class; a label that occurs must be reachable, i.e. its
@@ -43,23 +43,10 @@ def check_transition_option(
         separator = "" if message.startswith("[") else " "
         return ConfigError(f"loss {loss!r}: transition{separator}{message}")
 
-    try:
-        t = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise fail(f"must be a {num_classes} x {num_classes} list of numbers") from None
-    if t.shape != (num_classes, num_classes):
-        raise fail(
-            f"must be {num_classes} x {num_classes} (one row per class), got shape {t.shape}"
-        )
-    if not np.isfinite(t).all():
-        raise fail("must hold finite numbers only")
-    if (t < 0).any():
-        i, j = (int(v) for v in np.argwhere(t < 0)[0])
-        raise fail(f"[{i}][{j}] is negative ({t[i, j]:g})")
+    t = check_row_stochastic(
+        value, name=f"loss {loss!r}: transition", num_classes=num_classes, error=ConfigError
+    )
     sums = t.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > _ROW_TOLERANCE)
-    if bad.size:
-        raise fail(f"row {int(bad[0])} sums to {sums[bad[0]]:.6g}, not 1")
     if observed_counts is not None:
         unreachable = np.flatnonzero((t.sum(axis=0) == 0) & (np.asarray(observed_counts) > 0))
         if unreachable.size:

@@ -40,6 +40,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from autorobust._io import write_json
+from autorobust._validation import check_row_stochastic
 from autorobust.errors import ConfigError, DataError
 
 __all__ = [
@@ -73,7 +74,6 @@ _REJECTED_BELOW = 0.1  # λ below: the estimate is rejected (λ = 0, no noise)
 _STATUSES = ("used", "shrunk", "rejected")
 _FORMAT = "autorobust-noise-model"
 _VERSION = 1
-_ROW_TOLERANCE = 1e-6
 _METHODS = ("glc", "confusion")
 
 
@@ -177,11 +177,7 @@ def confusion_matrix(
         raise ValueError(f"pseudo_count must be a number >= 0, got {pseudo_count!r}")
     base = np.eye(k)
     if target is not None:
-        base = np.asarray(target, dtype=np.float64)
-        if base.shape != (k, k) or not np.isfinite(base).all() or (base < 0).any():
-            raise ValueError(f"target must be a finite ({k}, {k}) matrix >= 0, got {base.shape}")
-        if (np.abs(base.sum(axis=1) - 1.0) > _ROW_TOLERANCE).any():
-            raise ValueError("target rows must sum to 1")
+        base = check_row_stochastic(target, name="target", num_classes=k)
     counts = np.zeros((k, k))
     np.add.at(counts, (y, pred), 1.0)
     counts += pseudo_count * base
@@ -563,29 +559,21 @@ def _validated(
     n = _matrix(clean_counts, "clean_counts")
     obs = _matrix(observed_counts, "observed_counts")
     k = len(n) if num_classes is None else num_classes
-    if t.shape != (k, k):
-        raise ValueError(f"transition must be {k} x {k}, got shape {t.shape}")
+    t = check_row_stochastic(t, name="transition", num_classes=k)
     if n.shape != (k,) or obs.shape != (k,):
         raise ValueError(
             f"clean_counts and observed_counts must have {k} entries, got {n.shape} and {obs.shape}"
         )
     if k < 2:
         raise ValueError(f"a noise model needs >= 2 classes, got {k}")
-    if (t < 0).any():
-        i, j = (int(v) for v in np.argwhere(t < 0)[0])
-        raise ValueError(f"transition[{i}][{j}] is negative ({t[i, j]})")
-    sums = t.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > _ROW_TOLERANCE)
-    if bad.size:
-        raise ValueError(f"transition row {int(bad[0])} sums to {sums[bad[0]]:.6g}, not 1")
     if (n <= 0).any():
         raise ValueError(
             f"clean_counts must be > 0 (log π̂ is used), class {int(np.argmin(n))} has {n.min():g}"
         )
     if (obs < 0).any() or (obs != np.round(obs)).any() or obs.sum() == 0:
         raise ValueError(f"observed_counts must be integers >= 0, not all 0, got {obs.tolist()}")
-    # Kept as given (rows within 1e-6 of 1): renormalising would change the last bits, and a
-    # saved model must load back bit for bit.
+    # Kept as given (rows within ROW_SUM_TOLERANCE of 1): renormalising would change the last
+    # bits, and a saved model must load back bit for bit.
     return t, n, obs.astype(np.int64)
 
 
