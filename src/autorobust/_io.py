@@ -1,4 +1,6 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename over the target.
+"""Atomic file writes, and the one restricted reader of ``.npz`` archives.
+
+Writes go to a temporary file in the same folder, then are renamed over the target.
 
 A reader (or a crash) never sees a half-written file: ``os.replace`` is atomic on POSIX and Windows
 when source and target are on the same file system, which a sibling temporary file guarantees.
@@ -8,21 +10,27 @@ line naming the file and the cause, and leaves the previous file and no temporar
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from autorobust.errors import AutorobustError, WriteError
+import numpy as np
+
+from autorobust.errors import AutorobustError, DataError, WriteError
 
 __all__ = [
     "atomic_write",
     "describe_os_error",
     "exclusive_directory",
     "missing_directories",
+    "read_npz",
     "write_json",
     "write_text",
 ]
@@ -157,3 +165,76 @@ def missing_directories(path: str | os.PathLike[str]) -> list[Path]:
             break
         missing.append(folder)
     return missing[::-1]
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
+
+
+def read_npz(
+    path: str | os.PathLike[str],
+    data: bytes | None = None,
+    *,
+    select: Callable[[list[str]], Iterable[str]] | None = None,
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive, read without unpickling anything.
+
+    Every ``.npz`` file autorobust reads (a data source, a relabel file, sample weights,
+    training dynamics) goes through here; what the arrays must hold (names, shapes, labels) is
+    checked by the caller.
+
+    Args:
+        path: the file, read when ``data`` is None and named in every message.
+        data: the file's bytes when the caller has read them already (to hash them, say).
+        select: given the archive's member names, the names to read (in that order); it may
+            raise :class:`DataError` for a missing one. Default: every member. A member not
+            selected is never decoded, so it cannot be refused.
+
+    Raises:
+        DataError: one line naming ``path``: a single ``.npy`` array, another kind of file, a
+            corrupt or truncated archive, a member that is not an ``.npy`` array or holds
+            objects (pickles are refused; the member is named), or a file that cannot be read.
+    """
+    path = Path(path)
+    try:
+        if data is None:
+            with path.open("rb") as stream:
+                magic = stream.read(len(_NPY_MAGIC))
+        else:
+            magic = data[: len(_NPY_MAGIC)]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    # numpy takes any file that is neither a zip nor an .npy for a pickle and refuses it with
+    # advice to load it unsafely: tell what the file is from its first bytes instead.
+    if magic.startswith(_NPY_MAGIC):
+        raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
+    if not magic.startswith(_ZIP_MAGICS):
+        raise DataError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
+    key = None
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        source: Any = path if data is None else io.BytesIO(data)
+        with np.load(source, allow_pickle=False) as archive:
+            names = list(archive.files)
+            for key in names if select is None else select(names):
+                value = archive[key]
+                if not isinstance(value, np.ndarray):  # numpy hands a non-.npy member as bytes
+                    raise DataError(f"{path}: {key}: not an .npy array inside the archive")
+                arrays[key] = value
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError):
+        raise DataError(f"{path}: corrupt or truncated .npz archive") from None
+    except ValueError:
+        # numpy refuses an object array (pickled Python objects) or a malformed header with a
+        # ValueError whose text advises loading it unsafely: it is not passed on.
+        where = "" if key is None else f"{key}: "
+        raise DataError(
+            f"{path}: {where}not a plain numeric array (object arrays and malformed .npy "
+            "entries are refused)"
+        ) from None
+    except OSError as exc:
+        if data is not None:
+            raise DataError(f"{path}: corrupt or truncated .npz archive") from None
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return arrays

@@ -20,15 +20,12 @@ run cannot be resumed on labels that changed since it started.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from autorobust._io import atomic_write
+from autorobust._io import atomic_write, read_npz
 from autorobust.errors import DataError
 
 __all__ = [
@@ -44,8 +41,6 @@ DROPPED = -1
 
 _REQUIRED = ("labels", "source_index")
 _OPTIONAL = ("weights",)
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 @dataclass(frozen=True)
@@ -94,43 +89,22 @@ def read_relabel_file(path: str | Path) -> RelabelFile:
     """
     path = Path(path)
     data = _read_bytes(path)
-    if data.startswith(_NPY_MAGIC):
-        raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
-    if not data.startswith(_ZIP_MAGICS):
-        raise DataError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
-    key = None
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            names = list(archive.files)
-            missing = [name for name in _REQUIRED if name not in names]
-            if missing:
-                raise DataError(
-                    f"{path}: missing array(s) {', '.join(missing)}; found "
-                    f"{', '.join(names) or 'none'}"
-                )
-            unknown = sorted(set(names) - set(_REQUIRED) - set(_OPTIONAL))
-            if unknown:
-                raise DataError(
-                    f"{path}: unknown array {unknown[0]!r}; a relabel file holds labels, "
-                    "source_index and optionally weights"
-                )
-            for key in names:
-                value = archive[key]
-                if not isinstance(value, np.ndarray):  # numpy hands a non-.npy member as bytes
-                    raise DataError(f"{path}: {key}: not an .npy array inside the archive")
-                arrays[key] = value
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
-        raise DataError(f"{path}: corrupt or truncated .npz archive") from None
-    except ValueError:
-        # numpy refuses an object array (pickled objects) with advice to load it unsafely.
-        where = "" if key is None else f"{key}: "
-        raise DataError(
-            f"{path}: {where}not a plain numeric array (object arrays are refused)"
-        ) from None
 
+    def select(names: list[str]) -> list[str]:
+        missing = [name for name in _REQUIRED if name not in names]
+        if missing:
+            raise DataError(
+                f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(names) or 'none'}"
+            )
+        unknown = sorted(set(names) - set(_REQUIRED) - set(_OPTIONAL))
+        if unknown:
+            raise DataError(
+                f"{path}: unknown array {unknown[0]!r}; a relabel file holds labels, "
+                "source_index and optionally weights"
+            )
+        return names
+
+    arrays = read_npz(path, data, select=select)
     labels, source_index = arrays["labels"], arrays["source_index"]
     for name, value in (("labels", labels), ("source_index", source_index)):
         if value.ndim != 1 or value.dtype.kind not in "iu":

@@ -14,16 +14,13 @@ snapshot of a probe sees only the end of that struggle.
 
 from __future__ import annotations
 
-import io
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from autorobust._io import atomic_write
+from autorobust._io import atomic_write, read_npz
 from autorobust.errors import AutorobustError, DataError
 
 __all__ = [
@@ -164,21 +161,14 @@ def read_dynamics(path: str | Path, labels: np.ndarray) -> TrainingDynamics:
         raise DataError(f"{path}: dynamics file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
-        with loaded as archive:
-            for name in ("margins", "losses", "labels"):
-                if name not in archive.files:
-                    raise DataError(f"{path}: no {name!r} array (not a dynamics.npz)")
-                arrays[name] = archive[name]
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
-        # ValueError: numpy's refusal to unpickle (object arrays, or a file of another kind).
-        raise DataError(f"{path}: not a readable .npz archive of numeric arrays") from None
+
+    def select(names: list[str]) -> list[str]:
+        for name in ("margins", "losses", "labels"):
+            if name not in names:
+                raise DataError(f"{path}: no {name!r} array (not a dynamics.npz)")
+        return ["margins", "losses", "labels"]
+
+    arrays = read_npz(path, data, select=select)
     labels = np.asarray(labels)
     n = len(labels)
     margins, losses, file_labels = arrays["margins"], arrays["losses"], arrays["labels"]

@@ -167,5 +167,5 @@ def test_a_probe_run_that_recorded_dynamics_hands_them_over(tmp_path) -> None:
     np.testing.assert_array_equal(probe.margins, recorded["margins"])
     np.testing.assert_array_equal(probe.epoch_losses, recorded["losses"])
     (tmp_path / DYNAMICS_NAME).write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(DataError, match=rf"{DYNAMICS_NAME}: not a readable \.npz archive"):
+    with pytest.raises(DataError, match=rf"{DYNAMICS_NAME}: corrupt or truncated \.npz archive"):
         run_probe_outputs(config, splits)

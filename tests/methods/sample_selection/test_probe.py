@@ -164,7 +164,7 @@ def test_sample_weights_files_of_another_kind_are_refused(tmp_path: Path) -> Non
         read_sample_weights(npy, labels)
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, weights=np.array([object(), 1], dtype=object))
-    with pytest.raises(DataError, match=r"not a readable \.npz archive of numeric arrays"):
+    with pytest.raises(DataError, match=r"pickled\.npz: weights: not a plain numeric array"):
         read_sample_weights(pickled, labels)
     no_weights = tmp_path / "none.npz"
     np.savez(no_weights, losses=np.ones(2))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from autorobust._io import read_npz
 from autorobust.data.base import DataSource, ImageDataset, SourceData, check_labels, register_source
 from autorobust.data.sources._common import check_positive_int, resolve_path
 from autorobust.errors import ConfigError, DataError
@@ -17,8 +16,6 @@ __all__ = ["NpzSource"]
 
 _KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _META_KEYS = ("meta_images", "meta_labels")  # optional: the user's trusted set
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 
 
 @register_source("npz")
@@ -89,50 +86,25 @@ class NpzSource(DataSource):
         path = self.file
         if not path.is_file():
             raise DataError(f"{path}: file not found")
-        # numpy takes any file that is neither a zip nor an .npy for a pickle and refuses it with
-        # advice to load it unsafely: tell what the file is from its first bytes instead.
-        try:
-            with path.open("rb") as stream:
-                magic = stream.read(len(_NPY_MAGIC))
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        if magic.startswith(_NPY_MAGIC):
-            raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
-        if not magic.startswith(_ZIP_MAGICS):
-            raise DataError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
-        key = None
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.files)
-                missing = [key for key in _KEYS if key not in names]
-                if missing:
-                    raise DataError(
-                        f"{path}: missing array(s) {', '.join(missing)}; found "
-                        f"{', '.join(names) or 'none'}"
-                    )
-                present = [key for key in _META_KEYS if key in names]
-                if len(present) == 1:
-                    other = _META_KEYS[1 - _META_KEYS.index(present[0])]
-                    raise DataError(
-                        f"{path}: has {present[0]} but no {other}; a trusted set needs both"
-                    )
-                arrays = {}
-                for key in (*_KEYS, *present):
-                    arrays[key] = archive[key]
-        except DataError:
-            raise
-        except (zipfile.BadZipFile, zlib.error, EOFError):
-            raise DataError(f"{path}: corrupt or truncated .npz archive") from None
-        except ValueError:
-            # numpy refuses an object array (pickled Python objects) or a malformed header with a
-            # ValueError whose text advises loading it unsafely: it is not passed on.
-            where = "" if key is None else f"{key}: "
-            raise DataError(
-                f"{path}: {where}not a plain numeric array (object arrays and malformed .npy "
-                "entries are refused)"
-            ) from None
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        names: list[str] = []
+
+        def select(found: list[str]) -> list[str]:
+            names.extend(found)
+            missing = [key for key in _KEYS if key not in found]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {', '.join(missing)}; found "
+                    f"{', '.join(found) or 'none'}"
+                )
+            present = [key for key in _META_KEYS if key in found]
+            if len(present) == 1:
+                other = _META_KEYS[1 - _META_KEYS.index(present[0])]
+                raise DataError(
+                    f"{path}: has {present[0]} but no {other}; a trusted set needs both"
+                )
+            return [*_KEYS, *present]
+
+        arrays = read_npz(path, select=select)
         ignored = [name for name in names if name not in (*_KEYS, *_META_KEYS)]
         return arrays, ignored
 

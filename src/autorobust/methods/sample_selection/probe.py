@@ -12,9 +12,6 @@ method through its files) can hand them over. :func:`collect_probe_outputs` comp
 
 from __future__ import annotations
 
-import io
-import zipfile
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from autorobust._io import read_npz
 from autorobust.data.tensors import Normalization, images_to_tensor
 from autorobust.errors import DataError
 from autorobust.losses.base import ClassificationLoss
@@ -275,23 +273,15 @@ def read_sample_weights(path: str | Path, labels: np.ndarray) -> np.ndarray:
         raise DataError(f"{path}: sample weights file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: expected an .npz archive, got a single .npy array")
-        with loaded as archive:
-            if "weights" not in archive.files:
-                raise DataError(f"{path}: no 'weights' array (not a sample_weights.npz)")
-            weights = archive["weights"]
-            file_labels = archive["labels"] if "labels" in archive.files else None
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
-        # ValueError: numpy's refusal to unpickle (object arrays, or a file of another kind).
-        raise DataError(f"{path}: not a readable .npz archive of numeric arrays") from None
+
+    def select(names: list[str]) -> list[str]:
+        if "weights" not in names:
+            raise DataError(f"{path}: no 'weights' array (not a sample_weights.npz)")
+        return [name for name in ("weights", "labels") if name in names]
+
+    arrays = read_npz(path, data, select=select)
+    weights, file_labels = arrays["weights"], arrays.get("labels")
     labels = np.asarray(labels)
-    if not isinstance(weights, np.ndarray) or not isinstance(file_labels, (np.ndarray, type(None))):
-        raise DataError(f"{path}: holds a member that is not an .npy array")
     if weights.ndim != 1 or weights.dtype.kind != "f" or len(weights) != len(labels):
         raise DataError(
             f"{path}: weights must be float ({len(labels)},) for this pool, got {weights.dtype} "
