@@ -179,6 +179,9 @@ def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> No
     assert np.array_equal(in_memory.train_class_counts, built.train_class_counts)
     assert len(in_memory.rejected.images) == len(built.rejected.images) > 0
     assert in_memory.relabel == built.relabel
+    # The unlabeled view too: drawn from the relabelled pool, so its positions are in that pool.
+    assert np.array_equal(in_memory.unlabeled_index, built.unlabeled_index)
+    assert np.array_equal(in_memory.unlabeled, built.unlabeled)
 
 
 def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_path: Path) -> None:

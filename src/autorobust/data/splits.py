@@ -35,6 +35,7 @@ imbalance on both parts) is not built here; see the project notes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -57,6 +58,7 @@ __all__ = [
     "Splits",
     "TrainingPool",
     "apply_relabel",
+    "apply_relabel_file",
     "make_splits",
     "rejected_samples",
 ]
@@ -447,12 +449,22 @@ def make_splits(
         source_index=train_index,
         groups=groups,
     )
-    relabel_summary, rejected = None, None
     if relabel is not None:
-        pool = train
-        train, relabel_summary = apply_relabel(pool, relabel, tuple(source.class_names))
-        rejected = rejected_samples(pool, relabel)
-
+        # The relabelled pool and the unlabeled view drawn from it (step 5 of the module
+        # docstring), as for a design's selection applied in memory: one function for both.
+        shifted = Splits(
+            train=train,
+            meta=meta,
+            meta_index=meta_index,
+            test=source.test,
+            unlabeled=train.images[:0],
+            unlabeled_index=np.zeros(0, dtype=np.int64),
+            class_names=tuple(source.class_names),
+            meta_trusted=source.meta is not None,
+        )
+        return apply_relabel_file(
+            shifted, relabel, unlabeled_fraction=unlabeled_fraction, seed=int(seed)
+        )
     # (5) Stratified by the clean label so the view has the shifted class distribution exactly,
     # whatever the noise; the labels themselves are dropped.
     unlabeled_index = _balanced_sample(train.clean_labels, k, unlabeled_fraction, unlabeled_rng)
@@ -464,9 +476,49 @@ def make_splits(
         unlabeled=train.images[unlabeled_index],
         unlabeled_index=unlabeled_index,
         class_names=tuple(source.class_names),
-        relabel=relabel_summary,
-        rejected=rejected,
         meta_trusted=source.meta is not None,
+    )
+
+
+def apply_relabel_file(
+    splits: Splits, relabel: RelabelFile, *, unlabeled_fraction: float, seed: int
+) -> Splits:
+    """``splits`` whose training pool has the relabel file applied (:func:`apply_relabel`).
+
+    The one place a relabel file is applied: :func:`make_splits` (``data.relabel_file``) and a
+    design's ``selection`` applied in memory (``autorobust.design.pipeline``) both call it, so a
+    run trains on the same data either way. Besides the kept pool it sets ``relabel`` (the
+    summary) and ``rejected`` (the samples the file dropped), and draws the unlabeled view
+    (step 5 of the module docstring) afresh from the relabelled pool, with the same random stream
+    as :func:`make_splits` (``seed``'s fourth), so that ``unlabeled_index`` holds positions in
+    the pool the run trains on; the view ``splits`` held (positions in the pool before
+    relabelling) is discarded. Meta, test and class names are kept.
+
+    Args:
+        splits: splits as :func:`make_splits` builds them without a relabel file.
+        relabel: the file, read by :func:`autorobust.data.relabel.read_relabel_file`.
+        unlabeled_fraction: as for :func:`make_splits` (``data.unlabeled_fraction``).
+        seed: the seed ``splits`` were built with.
+
+    Raises:
+        DataError: the file does not fit this pool (see :func:`apply_relabel`).
+    """
+    pool = splits.train
+    train, summary = apply_relabel(pool, relabel, splits.class_names)
+    rejected = rejected_samples(pool, relabel)
+    unlabeled_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(4)[3])
+    # (5) Stratified by the clean label so the view has the shifted class distribution exactly,
+    # whatever the noise; the labels themselves are dropped.
+    unlabeled_index = _balanced_sample(
+        train.clean_labels, len(splits.class_names), unlabeled_fraction, unlabeled_rng
+    )
+    return dataclasses.replace(
+        splits,
+        train=train,
+        unlabeled=train.images[unlabeled_index],
+        unlabeled_index=unlabeled_index,
+        relabel=summary,
+        rejected=rejected,
     )
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from autorobust._io import atomic_write, write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.relabel import read_relabel_file
-from autorobust.data.splits import Splits, TrainingPool, apply_relabel, rejected_samples
+from autorobust.data.splits import Splits, TrainingPool, apply_relabel_file
 from autorobust.data.tensors import images_to_tensor, resolve_device
 from autorobust.design.scoring import (
     ScoredDesign,
@@ -343,13 +343,16 @@ def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | Non
             path=path,
             clean_labels=state.splits.train.clean_labels,
         )
-    relabel = read_relabel_file(path)
-    pool, summary = apply_relabel(state.splits.train, relabel, state.splits.class_names)
-    rejected = rejected_samples(state.splits.train, relabel)  # for the pseudo-label loss
-    return (
-        dataclasses.replace(state.splits, train=pool, relabel=summary, rejected=rejected),
-        path,
+    # Applied as make_splits applies data.relabel_file (the rejected samples feed the
+    # pseudo-label loss; the unlabeled view is drawn from the relabelled pool), so the design
+    # trains on what its config builds from the command line.
+    splits = apply_relabel_file(
+        state.splits,
+        read_relabel_file(path),
+        unlabeled_fraction=state.config.data.unlabeled_fraction,
+        seed=state.config.seed,
     )
+    return splits, path
 
 
 @dataclass(frozen=True)
