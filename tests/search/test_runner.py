@@ -58,7 +58,7 @@ def test_create_sampler_unknown_name_lists_valid_names() -> None:
 
 
 def test_create_sampler_rejects_bad_gamma() -> None:
-    with pytest.raises(ConfigError, match=r"gamma: expected a fraction in \(0, 1\].*got 1.5"):
+    with pytest.raises(ConfigError, match=r"gamma: expected a number in \(0, 1\].*got 1.5"):
         create_sampler("tpe", gamma=1.5)
 
 
@@ -74,10 +74,10 @@ def test_fraction_gamma_and_pruners() -> None:
     ("field", "value", "message"),
     [
         ("n_trials", 0, r"n_trials: expected an integer >= 1, got 0"),
-        ("timeout", -1.0, r"timeout: expected seconds > 0 or null, got -1.0"),
+        ("timeout", -1.0, r"timeout: expected a number > 0 or null, got -1.0"),
         ("directions", ("up",), r"directions: expected .*got \['up'\]"),
         ("grace_period", 60, r"grace_period: expected seconds > heartbeat_interval \(60\)"),
-        ("gamma", 0.0, r"gamma: expected a fraction in \(0, 1\] or null, got 0.0"),
+        ("gamma", 0.0, r"gamma: expected a number in \(0, 1\] or null, got 0.0"),
     ],
 )
 def test_settings_validation_names_the_field(field: str, value: object, message: str) -> None:
@@ -462,3 +462,28 @@ def test_malformed_storage_url(tmp_path: Path, url: str, message: str) -> None:
 def test_redact_url() -> None:
     assert redact_url("postgresql+psycopg://u:p%40ss@h:5/db") == "postgresql+psycopg://u:***@h:5/db"
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_settings_from_a_config_take_its_validated_fields_and_share_its_bounds() -> None:
+    from autorobust.config import SearchConfig, check_search_setting, load_config
+
+    search = load_config("demo", ["search.gamma=1.0", "search.timeout=30"]).search
+    assert search.gamma == 1.0  # one bound, (0, 1], for the config, the runner and the sampler
+    settings = SearchSettings.from_config(
+        search, study_name="default", space={"a": 1}, pruner_warmup_steps=2
+    )
+    direct = SearchSettings(
+        study_name="default", storage=search.storage, sampler=search.sampler,
+        n_trials=search.n_trials, timeout=30.0, seed=search.seed,
+        n_startup_trials=search.n_startup_trials, n_ei_candidates=search.n_ei_candidates,
+        gamma=1.0, multivariate=search.multivariate, pruner=search.pruner,
+        pruner_startup_trials=search.pruner_startup_trials, pruner_warmup_steps=2,
+        heartbeat_interval=search.heartbeat_interval, max_retry=search.max_retry, space={"a": 1},
+    )  # fmt: skip
+    assert settings == direct
+    for name in ("n_trials", "timeout", "gamma", "heartbeat_interval", "max_retry"):
+        assert SearchConfig.model_fields[name].metadata  # bounded on the config, once
+    with pytest.raises(ConfigError, match=r"^heartbeat_interval: expected an integer >= 1, got 0$"):
+        check_search_setting("heartbeat_interval", 0)
+    with pytest.raises(ConfigError, match=r"^n_trials: expected an integer >= 1, got None$"):
+        SearchSettings(study_name="s", n_trials=None)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import annotated_types
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -48,6 +49,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "bundled_configs",
+    "check_search_setting",
     "load_config",
     "resolve_config_path",
     "validate_config",
@@ -306,9 +308,9 @@ class SearchConfig(StrictModel):
     n_ei_candidates: int = Field(24, ge=1)
     """TPE: candidates drawn per proposal, of which the one with the best expected improvement
     is proposed."""
-    gamma: float | None = Field(None, gt=0.0, lt=1.0)
-    """TPE: the fraction of trials modelled as good; null: Optuna's min(ceil(0.1 n), 25) of n
-    trials."""
+    gamma: float | None = Field(None, gt=0.0, le=1.0)
+    """TPE: the fraction of trials modelled as good, in (0, 1]; null: Optuna's
+    min(ceil(0.1 n), 25) of n trials."""
     multivariate: bool = False
     """TPE: model the parameters jointly rather than one by one."""
     pruner: Literal["median", "none"] = "median"
@@ -355,6 +357,48 @@ class SearchConfig(StrictModel):
     max_retry: int = Field(3, ge=0)
     """How often the trial of a dead worker is run again (with the same parameters, resuming
     from its checkpoint)."""
+
+
+def check_search_setting(name: str, value: Any) -> None:
+    """Check ``value`` against the bounds of the field ``name`` of :class:`SearchConfig`.
+
+    The bounds of a search setting are written once, on :class:`SearchConfig` (pydantic checks a
+    config with them); settings given to the runner outside a config
+    (:class:`autorobust.search.runner.SearchSettings`, ``create_sampler``) are checked here
+    against the same bounds. ``None`` passes where the field may be null.
+
+    Raises:
+        ConfigError: one line, e.g. ``n_trials: expected an integer >= 1, got 0``.
+    """
+    field = SearchConfig.model_fields[name]
+    nullable = field.default is None
+    if value is None and nullable:
+        return
+    lower: tuple[str, str, Any] | None = None
+    upper: tuple[str, str, Any] | None = None
+    for bound in field.metadata:
+        if isinstance(bound, annotated_types.Gt):
+            lower = ("(", ">", bound.gt)
+        elif isinstance(bound, annotated_types.Ge):
+            lower = ("[", ">=", bound.ge)
+        elif isinstance(bound, annotated_types.Lt):
+            upper = (")", "<", bound.lt)
+        elif isinstance(bound, annotated_types.Le):
+            upper = ("]", "<=", bound.le)
+    kind = "an integer" if field.annotation in (int, "int", int | None) else "a number"
+    if lower is not None and upper is not None:
+        expected = f"{kind} in {lower[0]}{lower[2]:g}, {upper[2]:g}{upper[0]}"
+    else:
+        expected = " ".join(f"{op} {limit:g}" for _, op, limit in filter(None, (lower, upper)))
+        expected = f"{kind} {expected}".rstrip()
+    inside = value is not None and (
+        (lower is None or (value > lower[2] if lower[1] == ">" else value >= lower[2]))
+        and (upper is None or (value < upper[2] if upper[1] == "<" else value <= upper[2]))
+    )
+    if not inside:
+        raise ConfigError(
+            f"{name}: expected {expected}{' or null' if nullable else ''}, got {value}"
+        )
 
 
 class ExperimentConfig(StrictModel):

@@ -184,25 +184,13 @@ def search_settings(
     """The runner's settings from a config's ``search`` section (``study_name`` is the default);
     ``space`` describes the search space, which a resumed study must share; ``trial_epochs``,
     the epochs of one trial, sizes the pruner's warm-up (:func:`pruner_warmup_steps`)."""
-    return SearchSettings(
-        study_name=search.study_name or study_name,
-        storage=search.storage,
-        sampler=search.sampler,
-        n_trials=search.n_trials,
-        timeout=search.timeout,
-        seed=search.seed,
-        n_startup_trials=search.n_startup_trials,
-        n_ei_candidates=search.n_ei_candidates,
-        gamma=search.gamma,
-        multivariate=search.multivariate,
-        pruner=search.pruner,
-        pruner_startup_trials=search.pruner_startup_trials,
-        pruner_warmup_steps=pruner_warmup_steps(search, trial_epochs),
-        directions=directions,
-        heartbeat_interval=search.heartbeat_interval,
-        max_retry=search.max_retry,
-        show_progress_bar=False,
+    # Validated once, by pydantic: the section's fields are taken as they are.
+    return SearchSettings.from_config(
+        search,
+        study_name=study_name,
         space=space,
+        directions=directions,
+        pruner_warmup_steps=pruner_warmup_steps(search, trial_epochs),
     )
 
 

@@ -43,7 +43,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +55,7 @@ import sqlalchemy.exc
 import sqlalchemy.pool
 from optuna.trial import FrozenTrial, TrialState
 
+from autorobust.config import SearchConfig, check_search_setting
 from autorobust.errors import AutorobustError, ConfigError, UnknownNameError
 from autorobust.search._storage import (
     FAIL_REASON_ATTR,
@@ -113,6 +114,35 @@ _SURPLUS_REASON = "not run: other workers already hold the remaining n_trials bu
 # Seconds between checks while other workers hold the rest of the budget. Short enough that a
 # worker exits soon after the study is done, long enough not to load a shared database.
 _MAX_POLL_S = 5.0
+
+
+# The fields SearchSettings shares with a config's search section (SearchConfig), and those of
+# them with bounds, which are SearchConfig's.
+_CONFIG_FIELDS = (
+    "storage",
+    "sampler",
+    "n_trials",
+    "timeout",
+    "seed",
+    "n_startup_trials",
+    "n_ei_candidates",
+    "gamma",
+    "multivariate",
+    "pruner",
+    "pruner_startup_trials",
+    "heartbeat_interval",
+    "max_retry",
+)
+_BOUNDED_FIELDS = (
+    "n_trials",
+    "timeout",
+    "n_startup_trials",
+    "n_ei_candidates",
+    "gamma",
+    "pruner_startup_trials",
+    "heartbeat_interval",
+    "max_retry",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,33 +209,45 @@ class SearchSettings:
     show_progress_bar: bool = False
     space: Mapping[str, Any] | None = None
 
-    def __post_init__(self) -> None:
+    prevalidated: InitVar[bool] = False
+    """Internal: set by :meth:`from_config`, whose values pydantic has checked already."""
+
+    @classmethod
+    def from_config(
+        cls,
+        search: SearchConfig,
+        *,
+        study_name: str,
+        space: Mapping[str, Any] | None,
+        directions: tuple[Direction, ...] = ("maximize",),
+        pruner_warmup_steps: int,
+    ) -> SearchSettings:
+        """The settings of a config's ``search`` section, which pydantic validated: its fields
+        are taken as they are (``study_name`` is the default of ``search.study_name``), and only
+        what the section does not hold (``directions``, ``pruner_warmup_steps``) is checked."""
+        return cls(
+            study_name=search.study_name or study_name,
+            **{name: getattr(search, name) for name in _CONFIG_FIELDS},
+            pruner_warmup_steps=pruner_warmup_steps,
+            directions=directions,
+            space=space,
+            prevalidated=True,
+        )
+
+    def __post_init__(self, prevalidated: bool) -> None:
         if not self.study_name:
             raise ConfigError("study_name: expected a non-empty string, got ''")
-        if self.n_trials < 1:
-            raise ConfigError(f"n_trials: expected an integer >= 1, got {self.n_trials}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigError(f"timeout: expected seconds > 0 or null, got {self.timeout}")
+        if not prevalidated:
+            # The bounds of the config's search section, written once (on SearchConfig); a
+            # config's section was checked by pydantic against them already.
+            for name in _BOUNDED_FIELDS:
+                check_search_setting(name, getattr(self, name))
         if self.sampler not in sampler_names():
             valid = ", ".join(sampler_names())
             raise UnknownNameError(f"sampler: unknown sampler {self.sampler!r}; valid: {valid}")
         if self.pruner not in pruner_names():
             valid = ", ".join(pruner_names())
             raise UnknownNameError(f"pruner: unknown pruner {self.pruner!r}; valid: {valid}")
-        if self.n_startup_trials < 0:
-            raise ConfigError(
-                f"n_startup_trials: expected an integer >= 0, got {self.n_startup_trials}"
-            )
-        if self.n_ei_candidates < 1:
-            raise ConfigError(
-                f"n_ei_candidates: expected an integer >= 1, got {self.n_ei_candidates}"
-            )
-        if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
-            raise ConfigError(f"gamma: expected a fraction in (0, 1] or null, got {self.gamma}")
-        if self.pruner_startup_trials < 0:
-            raise ConfigError(
-                f"pruner_startup_trials: expected an integer >= 0, got {self.pruner_startup_trials}"
-            )
         if self.pruner_warmup_steps < 0:
             raise ConfigError(
                 f"pruner_warmup_steps: expected an integer >= 0, got {self.pruner_warmup_steps}"
@@ -215,18 +257,12 @@ class SearchSettings:
                 "directions: expected one or more of 'maximize'/'minimize', "
                 f"got {list(self.directions)}"
             )
-        if self.heartbeat_interval < 1:
-            raise ConfigError(
-                f"heartbeat_interval: expected whole seconds >= 1, got {self.heartbeat_interval}"
-            )
         # A grace period no longer than the heartbeat interval would declare live trials dead.
         if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
             raise ConfigError(
                 f"grace_period: expected seconds > heartbeat_interval ({self.heartbeat_interval})"
                 f" or null, got {self.grace_period}"
             )
-        if self.max_retry < 0:
-            raise ConfigError(f"max_retry: expected an integer >= 0, got {self.max_retry}")
         if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
             raise ConfigError(
                 "max_consecutive_failures: expected an integer >= 1 or null, "

@@ -18,6 +18,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autorobust._registry import Registry
+from autorobust.config import check_search_setting
 from autorobust.errors import ConfigError
 
 __all__ = [
@@ -146,12 +147,10 @@ def create_sampler(
         ConfigError: a numeric setting is out of range.
     """
     factory = _SAMPLERS.get(name)
-    if n_startup_trials < 0:
-        raise ConfigError(f"n_startup_trials: expected an integer >= 0, got {n_startup_trials}")
-    if n_ei_candidates < 1:
-        raise ConfigError(f"n_ei_candidates: expected an integer >= 1, got {n_ei_candidates}")
-    if gamma is not None and not 0.0 < gamma <= 1.0:
-        raise ConfigError(f"gamma: expected a fraction in (0, 1] or null, got {gamma}")
+    # The bounds of the config's search section (SearchConfig), written once there.
+    check_search_setting("n_startup_trials", n_startup_trials)
+    check_search_setting("n_ei_candidates", n_ei_candidates)
+    check_search_setting("gamma", gamma)
     return factory(
         seed=seed,
         n_startup_trials=n_startup_trials,
@@ -183,8 +182,7 @@ def create_pruner(
         ConfigError: a setting is negative.
     """
     factory = _PRUNERS.get(name)
-    if startup_trials < 0:
-        raise ConfigError(f"pruner_startup_trials: expected an integer >= 0, got {startup_trials}")
+    check_search_setting("pruner_startup_trials", startup_trials)
     if warmup_steps < 0:
         raise ConfigError(f"pruner_warmup_epochs: expected an integer >= 0, got {warmup_steps}")
     return factory(startup_trials=startup_trials, warmup_steps=warmup_steps)
