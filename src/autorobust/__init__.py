@@ -21,7 +21,8 @@ The public names (importing the package loads none of them; each is imported on 
 - training: ``train_run`` -> ``RunResult``, ``evaluate_run``, ``load_run_config``,
   ``load_best_model``, ``classification_metrics`` (what ``metrics.json`` holds per split);
 - prediction, as ``autorobust predict``: ``load_model`` (a finished run's selected weights,
-  preprocessing and calibration temperature) -> ``LoadedModel``; ``export_model`` (as
+  preprocessing and calibration temperature) -> ``LoadedModel``, or for a design's kept
+  ensemble ``LoadedEnsemble`` (the mean of its members' probabilities); ``export_model`` (as
   ``autorobust export``: one ONNX or torch.export file, uint8 images in, probabilities out);
 - searches, as ``autorobust search KIND``: ``search_baseline`` (the baseline losses),
   ``search_reweighter`` (Meta-Weight-Net's V), ``search_loss`` (AutoBalance),
@@ -61,6 +62,7 @@ __all__ = [
     "Design",
     "DesignOutcome",
     "ExperimentConfig",
+    "LoadedEnsemble",
     "LoadedModel",
     "RunResult",
     "SearchOutcome",

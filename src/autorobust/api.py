@@ -46,6 +46,7 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "classification_metrics": ("train.metrics", "classification_metrics"),
     # prediction (`autorobust predict`)
     "load_model": ("inference", "load_model"),
+    "LoadedEnsemble": ("inference", "LoadedEnsemble"),
     "LoadedModel": ("inference", "LoadedModel"),
     # a finished run as one ONNX / torch.export file (`autorobust export`)
     "export_model": ("export", "export_model"),

@@ -37,9 +37,9 @@ import torch
 from autorobust import __version__
 from autorobust._io import atomic_write
 from autorobust.errors import AutorobustError
-from autorobust.inference import LoadedModel, load_model
+from autorobust.inference import LoadedEnsemble, LoadedModel, load_model
 
-__all__ = ["FORMATS", "TOLERANCE", "CalibratedClassifier", "export_model"]
+__all__ = ["FORMATS", "TOLERANCE", "CalibratedClassifier", "EnsembleClassifier", "export_model"]
 
 FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4  # max |p_exported - p_in_memory| over the check images, probability units
@@ -73,6 +73,19 @@ class CalibratedClassifier(torch.nn.Module):
         return torch.softmax(logits / self.temperature, dim=1)
 
 
+class EnsembleClassifier(torch.nn.Module):
+    """The mean of its members' :class:`CalibratedClassifier` probabilities (a design's kept
+    ensemble). ``forward``: uint8 (N, H, W, C) -> float32 (N, K) summing to 1 per row."""
+
+    def __init__(self, loaded: LoadedEnsemble) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(CalibratedClassifier(m) for m in loaded.members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, C) pixel values 0..255 -> float32 (N, K), the members' mean."""
+        return torch.stack([member(images) for member in self.members]).mean(dim=0)
+
+
 def _check_images(shape: tuple[int, int, int]) -> torch.Tensor:
     generator = np.random.default_rng(0)
     pixels = generator.integers(0, 256, size=(_CHECK_IMAGES, *shape), dtype=np.uint8)
@@ -92,7 +105,7 @@ def _require_onnx() -> None:
 
 
 def _export_onnx(
-    module: CalibratedClassifier, example: torch.Tensor, path: Path
+    module: torch.nn.Module, example: torch.Tensor, path: Path
 ) -> tuple[bytes, np.ndarray]:
     """``module`` as ONNX bytes, and onnxruntime's outputs of them on ``example``."""
     import onnx
@@ -133,7 +146,7 @@ def _export_onnx(
 
 
 def _export_pt2(
-    module: CalibratedClassifier, example: torch.Tensor, path: Path
+    module: torch.nn.Module, example: torch.Tensor, path: Path
 ) -> tuple[bytes, np.ndarray]:
     """``module`` as a torch.export archive's bytes, and the outputs on ``example`` of the
     program loaded back from them."""
@@ -182,8 +195,26 @@ def _uses_pickle(value: Any) -> bool:
 
 
 def _describe(
-    loaded: LoadedModel, export_format: str, path: Path, difference: float
+    loaded: LoadedModel | LoadedEnsemble, export_format: str, path: Path, difference: float
 ) -> dict[str, Any]:
+    if isinstance(loaded, LoadedEnsemble):
+        described = _describe(loaded.members[0], export_format, path, difference)
+        described["output"]["values"] = (
+            "the mean over the ensemble's members of their calibrated class probabilities "
+            "softmax(z / T), classes in class_names order, each row summing to 1"
+        )
+        described["members"] = [
+            {
+                "run_dir": str(m.run_dir),
+                "temperature": m.temperature,
+                "normalization": {"mean": list(m.normalize.mean), "std": list(m.normalize.std)},
+            }
+            for m in loaded.members
+        ]
+        for key in ("temperature", "normalization"):
+            del described[key]
+        described["run_dir"] = str(loaded.run_dir)
+        return described
     height, width, channels = loaded.image_shape
     return {
         "format": export_format,
@@ -249,7 +280,11 @@ def export_model(
         _require_onnx()
     path = Path(output if output is not None else f"model.{export_format}").expanduser()
     loaded = load_model(run_dir, device="cpu", calibrated=calibrated)
-    module = CalibratedClassifier(loaded).eval()
+    module = (
+        EnsembleClassifier(loaded)
+        if isinstance(loaded, LoadedEnsemble)
+        else CalibratedClassifier(loaded)
+    ).eval()
     example = _check_images(loaded.image_shape)
     expected = loaded.predict_proba(example.numpy())
     with torch.random.fork_rng(devices=[]):

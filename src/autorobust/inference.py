@@ -45,7 +45,15 @@ from autorobust.models import Classifier, create_model
 from autorobust.train.calibration import softmax
 from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint
 
-__all__ = ["LoadedModel", "load_model", "predict_files", "read_inputs", "write_predictions"]
+__all__ = [
+    "ENSEMBLE_NAME",
+    "LoadedEnsemble",
+    "LoadedModel",
+    "load_model",
+    "predict_files",
+    "read_inputs",
+    "write_predictions",
+]
 
 _NPZ_KEYS = ("images", "test_images")  # the array an input .npz is read from, in this order
 
@@ -101,6 +109,57 @@ class LoadedModel:
         return softmax(logits, self.temperature)
 
 
+ENSEMBLE_NAME = "ensemble.json"
+"""A run directory holding this file is an ensemble (``autorobust design`` keeps its finalists'
+ensemble as ``best/``): ``members``, the member run directories relative to it."""
+
+
+@dataclass(frozen=True)
+class LoadedEnsemble:
+    """An ensemble of finished runs: the mean of its members' probabilities.
+
+    Attributes:
+        members: the loaded member runs (same classes and image shape).
+        run_dir: the ensemble's directory (the one holding ``ensemble.json``).
+    """
+
+    members: tuple[LoadedModel, ...]
+    run_dir: Path
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.members[0].class_names
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.members[0].image_shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def predict_proba(
+        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+    ) -> np.ndarray:
+        """The mean over members of their probabilities (each ``softmax(z / T)`` with its own
+        temperature), float64 (N, K), of uint8 images (N, H, W, C)."""
+        return np.mean(
+            [
+                m.predict_proba(images, batch_size=batch_size, progress=progress)
+                for m in self.members
+            ],
+            axis=0,
+        )
+
+    def logits(
+        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+    ) -> np.ndarray:
+        """log of :meth:`predict_proba`, float32 (N, K): logits whose softmax is the ensemble's
+        probabilities."""
+        probabilities = self.predict_proba(images, batch_size=batch_size, progress=progress)
+        return np.log(np.clip(probabilities, 1e-12, 1.0)).astype(np.float32)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise AutorobustError(f"{path}: missing; is {path.parent} a finished autorobust run?")
@@ -113,8 +172,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def load_model(run_dir: str | Path, *, device: str = "cpu", calibrated: bool = True) -> LoadedModel:
-    """The selected weights of the finished run in ``run_dir``, with its preprocessing.
+def load_model(
+    run_dir: str | Path, *, device: str = "cpu", calibrated: bool = True
+) -> LoadedModel | LoadedEnsemble:
+    """The selected weights of the finished run in ``run_dir``, with its preprocessing; for a
+    directory holding ``ensemble.json`` (a design's kept ensemble), every member's.
 
     Args:
         run_dir: a run directory written by ``autorobust train`` (or a search's ``best/``).
@@ -130,6 +192,28 @@ def load_model(run_dir: str | Path, *, device: str = "cpu", calibrated: bool = T
             config, or (with ``calibrated``) a run finished before calibration existed.
     """
     run_dir = Path(run_dir)
+    if (run_dir / ENSEMBLE_NAME).is_file():
+        return _load_ensemble(run_dir, device=device, calibrated=calibrated)
+    return _load_run(run_dir, device=device, calibrated=calibrated)
+
+
+def _load_ensemble(run_dir: Path, *, device: str, calibrated: bool) -> LoadedEnsemble:
+    path = run_dir / ENSEMBLE_NAME
+    members = _read_json(path).get("members")
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise AutorobustError(f"{path}: 'members' must be a non-empty list of run directories")
+    loaded = []
+    for member in members:
+        member_dir = (run_dir / member).resolve()
+        if run_dir.resolve() not in member_dir.parents:
+            raise AutorobustError(f"{path}: member {member!r} lies outside {run_dir}")
+        loaded.append(_load_run(member_dir, device=device, calibrated=calibrated))
+    if len({(m.class_names, m.image_shape) for m in loaded}) != 1:
+        raise AutorobustError(f"{path}: its members differ in classes or image shape")
+    return LoadedEnsemble(members=tuple(loaded), run_dir=run_dir)
+
+
+def _load_run(run_dir: Path, *, device: str, calibrated: bool) -> LoadedModel:
     config = load_run_config(run_dir)
     resolved = resolve_device(device)
     data = _read_json(run_dir / DATA_NAME)

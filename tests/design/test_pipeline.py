@@ -191,6 +191,7 @@ def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_pat
         "design.reference_final=true",
         "design.max_trials=3",
         "design.budget=4",
+        "design.ensemble=false",
     )
     outcome = run_design(config)
     summary = json.loads((tmp_path / "r" / "design.json").read_text())
@@ -299,3 +300,48 @@ def test_refit_trains_the_chosen_design_on_the_pool_and_the_meta_set(tmp_path: P
     assert summary["refit"]["best_test"] == best["test"]
     assert summary["cost"]["refit_sample_epochs"] == (len(pool) + len(meta)) * 6
     assert summary["cost"]["budget_used"] <= 3.0
+
+
+def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path: Path) -> None:
+    from autorobust import LoadedEnsemble, load_model
+    from autorobust.train.metrics import classification_metrics
+
+    config = _config(tmp_path / "e")
+    splits = build_splits(config)
+    state = pipeline.DesignRun(config, splits, tmp_path / "e", 2, 2)
+    pipeline._run_probe(state)
+    finalists = [
+        (design, pipeline._fits(state, design, tmp_path / "e" / name)[0])
+        for design, name in ((REFERENCE_DESIGNS[0], "a"), (AUTOBALANCE_DESIGN, "b"))
+    ]
+    for _, fit in finalists:
+        pipeline._train_until(fit.config, fit.splits, 6)
+    final: dict = {}
+    kept = pipeline._ensemble(state, finalists, 0, final)
+    row = final["ensemble"]
+    # Scored only where every member may be: the cross-fitted AutoBalance run's other half.
+    assert row["scored_images"] == int(finalists[1][1].scored.sum()) == 50
+    assert row["difference"] == pytest.approx(row["score"] - row["kept_finalist_score"])
+    assert kept == (row["difference"] <= 0.0) == row["kept"]
+    result = pipeline._ensemble_run(state, [fit for _, fit in finalists])
+    best = tmp_path / "e" / "best"
+    loaded = load_model(best)
+    assert isinstance(loaded, LoadedEnsemble) and len(loaded.members) == 2
+    probabilities = loaded.predict_proba(splits.test.images)
+    members = [m.predict_proba(splits.test.images) for m in loaded.members]
+    assert np.allclose(probabilities, np.mean(members, axis=0))
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    again = classification_metrics(splits.test.labels, probabilities.argmax(1), 10)
+    assert again["balanced_accuracy"] == pytest.approx(result.metrics["test"]["balanced_accuracy"])
+    assert json.loads((best / "ensemble.json").read_text())["members"] == ["members/0", "members/1"]
+    # Each member is a finished run of its own, measured on the test split there.
+    for index in (0, 1):
+        member = json.loads((best / "members" / str(index) / "metrics.json").read_text())
+        assert member["test"] == result.metrics["members"][index]
+    # Exported as one file whose probabilities export_model checks against the ensemble's.
+    from autorobust import export_model
+
+    path = export_model(best, "pt2", tmp_path / "ensemble.pt2")
+    described = json.loads(path.with_name(path.name + ".json").read_text())
+    assert [m["run_dir"] for m in described["members"]] == [str(m.run_dir) for m in loaded.members]
+    assert described["check"]["max_abs_difference"] <= 1e-4

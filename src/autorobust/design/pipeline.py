@@ -47,6 +47,7 @@ from autorobust.design.scoring import (
     per_image_score,
     scored_balanced_mean,
     stratified_folds,
+    weighted_difference,
 )
 from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
 from autorobust.errors import AutorobustError, ConfigError
@@ -65,6 +66,8 @@ from autorobust.methods.sample_selection import (
 )
 from autorobust.search.common import finish_study, search_settings, trial_dir
 from autorobust.search.runner import open_study, run_study, study_state_counts
+from autorobust.train.calibration import softmax
+from autorobust.train.metrics import classification_metrics
 from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint, predict
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
 
 PROBE_DESIGN = REFERENCE_DESIGNS[0]
 NOISE_MODEL_NAME = "noise_model.json"
+ENSEMBLE_NAME = "ensemble.json"  # a design's best/ that holds the finalists' ensemble
 DESIGN_JSON = "design.json"
 
 
@@ -408,17 +412,22 @@ def _scores(state: DesignRun, fits: list[_Fit]) -> np.ndarray:
     """Per-image score float64 (M,) of the fits' selected models on the clean meta set
     (``design.score``; lower is better): each image by the fit that may score it, NaN where
     none may."""
-    device = resolve_device(state.config.device)
     meta = state.splits.meta
     scores = np.full(len(meta), np.nan)
     for fit in fits:
-        model, normalize, _ = load_best_model(fit.config, fit.splits, device=device)
-        logits = predict(model, images_to_tensor(meta.images, device), normalize).numpy()
+        logits = _fit_logits(state, fit, meta.images)
         scores[fit.scored] = per_image_score(
             logits[fit.scored], meta.labels[fit.scored], state.splits.num_classes,
             state.config.design.score,
         )  # fmt: skip
     return scores
+
+
+def _fit_logits(state: DesignRun, fit: _Fit, images: np.ndarray) -> np.ndarray:
+    """Raw logits float (N, K) of a fit's selected model on uint8 ``images`` (N, H, W, C)."""
+    device = resolve_device(state.config.device)
+    model, normalize, _ = load_best_model(fit.config, fit.splits, device=device)
+    return predict(model, images_to_tensor(images, device), normalize).numpy()
 
 
 def _balanced(state: DesignRun, scores: np.ndarray) -> float:
@@ -665,11 +674,12 @@ def _choose(state: DesignRun, study: Any) -> tuple[dict[str, Any], list[dict[str
 
 def _promote(
     state: DesignRun, study: Any, table: list[dict[str, Any]]
-) -> tuple[dict[str, Any], _Fit, dict[str, Any]]:
+) -> tuple[dict[str, Any], list[_Fit], dict[str, Any]]:
     """Stage 5: continue the finalists to ``train.epochs`` (a cross-fitted one: its first half's
     run, scored on the other half) and keep the simplest within one standard error of the best
-    there. Returns (the kept trial's table row, its run, the comparison's summary); the table's
-    ``chosen`` flags are set to the kept trial."""
+    there, or their ensemble (``design.ensemble``) where it is not worse. Returns (the kept
+    trial's table row, its run or the ensemble's member runs, the comparison's summary); the
+    table's ``chosen`` flags are set to the kept trial."""
     started = time.process_time()
     finalists = _finalists(state, _finished_trials(study))
     epochs = state.config.train.epochs
@@ -709,14 +719,93 @@ def _promote(
         ],
     }
     chosen_row = next(r for r in table if r["chosen"])
-    return chosen_row, runs[kept][1], summary
+    ordered = [runs[t.number] for t in finalists]
+    summary["ensemble"] = None
+    if len(ordered) > 1 and state.config.design.ensemble:
+        position = [t.number for t in finalists].index(kept)
+        if _ensemble(state, ordered, position, summary):
+            return chosen_row, [fit for _, fit in ordered], summary
+    return chosen_row, [runs[kept][1]], summary
 
 
-def _final_run(state: DesignRun, fit: _Fit) -> tuple[RunResult, _Fit]:
-    """The kept finalist as ``run_dir/best``: its checkpoint copied there and measured on the
-    test split (the run is finished: nothing more is trained). Returns (its result, the run at
-    its new place)."""
+def _ensemble_probabilities(state: DesignRun, fits: list[_Fit], images: np.ndarray) -> np.ndarray:
+    """Mean over ``fits`` of their calibrated probabilities softmax(z / T), float64 (N, K), on
+    uint8 ``images``; T is each run's temperature (``metrics.json``, fitted on its meta split)."""
+    probabilities = []
+    for fit in fits:
+        metrics = json.loads((fit.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        temperature = metrics["calibration"]["temperature"]
+        probabilities.append(softmax(_fit_logits(state, fit, images), float(temperature)))
+    return np.mean(probabilities, axis=0)
+
+
+def _ensemble(
+    state: DesignRun, finalists: list[tuple[Design, _Fit]], kept: int, final: dict[str, Any]
+) -> bool:
+    """Stage 5b: the finalists' ensemble (the mean of their calibrated probabilities) is scored on
+    the meta images every finalist may be scored on, against the kept finalist there; kept when
+    it is not worse. It costs no training (its members are trained already) and averaging two
+    calibrated models lowers the variance of either, so no margin is asked of it. Records the
+    comparison in ``final["ensemble"]``; returns whether the ensemble is kept."""
+    fits = [fit for _, fit in finalists]
+    meta = state.splits.meta
+    scored = np.logical_and.reduce([fit.scored for fit in fits])
+    labels = meta.labels[scored]
+    k = state.splits.num_classes
+    # The log of the mean probability is the ensemble's logit: its softmax gives them back.
+    log_mean = np.log(np.clip(_ensemble_probabilities(state, fits, meta.images[scored]), 1e-12, 1))
+    ensemble = per_image_score(log_mean, labels, k, state.config.design.score)
+    single = _scores(state, [fits[kept]])[scored]
+    difference, standard_error = weighted_difference(ensemble, single, labels, k)
+    keep = difference <= 0.0
+    final["ensemble"] = {
+        "members": [design.describe() for design, _ in finalists],
+        "score": scored_balanced_mean(ensemble, labels, k),
+        "kept_finalist_score": scored_balanced_mean(single, labels, k),
+        "difference": difference,
+        "standard_error": standard_error,
+        "scored_images": int(scored.sum()),
+        "kept": keep,
+    }
+    return keep
+
+
+def _ensemble_run(state: DesignRun, fits: list[_Fit]) -> RunResult:
+    """The ensemble as ``run_dir/best``: each member's run copied to ``best/members/<i>`` and
+    measured on the test split there, ``best/ensemble.json`` naming them (what
+    :func:`autorobust.load_model` reads), and the ensemble's own ``best/metrics.json``."""
     best = state.run_dir / "best"
+    members = []
+    for index, fit in enumerate(fits):
+        result, moved = _final_run(state, fit, best / "members" / str(index))
+        members.append((result, moved))
+    splits = state.splits
+    probabilities = _ensemble_probabilities(state, [m for _, m in members], splits.test.images)
+    metrics: dict[str, Any] = {
+        "run": {
+            "ensemble": True,
+            "members": [str(m.run_dir.relative_to(best)) for _, m in members],
+        },
+        "data": members[0][0].metrics["data"],
+        "test": classification_metrics(
+            splits.test.labels,
+            probabilities.argmax(1),
+            splits.num_classes,
+            probabilities=probabilities,
+            train_class_counts=splits.train_class_counts,
+        ),
+        "members": [result.metrics["test"] for result, _ in members],
+    }
+    write_json(best / ENSEMBLE_NAME, {"members": metrics["run"]["members"], "combine": "mean"})
+    write_json(best / "metrics.json", metrics)
+    return RunResult(run_dir=best, metrics=metrics)
+
+
+def _final_run(state: DesignRun, fit: _Fit, best: Path | None = None) -> tuple[RunResult, _Fit]:
+    """The kept finalist as ``best`` (default ``run_dir/best``): its checkpoint copied there and
+    measured on the test split (the run is finished: nothing more is trained). Returns (its
+    result, the run at its new place)."""
+    best = state.run_dir / "best" if best is None else best
     target = best / CHECKPOINT_NAME
     if not target.is_file():
         best.mkdir(parents=True, exist_ok=True)
@@ -867,12 +956,12 @@ def run_design(
     _run_probe(state)
     final: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
-    kept_fit: _Fit | None = None
+    kept_fits: list[_Fit] = []
     if fixed is None:
         study = _run_study(state, default_study_name)
         chosen, table = _choose(state, study)
         if retrain:
-            chosen, kept_fit, final = _promote(state, study, table)
+            chosen, kept_fits, final = _promote(state, study, table)
         finish_study(study, run_dir, design_table=table)
     else:
         chosen = {"trial": None, "design": fixed.to_dict(), "name": fixed.describe()}
@@ -882,8 +971,11 @@ def run_design(
     retrained = None
     if retrain:
         started = time.process_time()
-        if kept_fit is not None:
-            retrained, kept_fit = _final_run(state, kept_fit)
+        if len(kept_fits) > 1:
+            retrained = _ensemble_run(state, kept_fits)
+            _drop_trial_checkpoints(state, study)
+        elif kept_fits:
+            retrained, kept_fits[0] = _final_run(state, kept_fits[0])
             _drop_trial_checkpoints(state, study)
         else:  # a fixed recipe: trained from scratch with train.epochs
             retrained, _, _, cost = _train_design(
@@ -892,7 +984,7 @@ def run_design(
             )  # fmt: skip
             state.cost["retrain_sample_epochs"] = cost
         state.cost["retrain_cpu_seconds"] = time.process_time() - started
-        if config.design.refit and fixed is None:
+        if config.design.refit and len(kept_fits) == 1:
             best_test = retrained.metrics["test"]
             started = time.process_time()
             retrained, state.cost["refit_sample_epochs"] = _refit(state, design)
@@ -908,8 +1000,8 @@ def run_design(
         leave_one_out = _leave_one_out(state, design)
         kept_score = _balanced(
             state,
-            _scores(state, [kept_fit])
-            if kept_fit is not None
+            _scores(state, kept_fits[:1])
+            if kept_fits
             else _retrained_scores(state, design, retrained.run_dir),
         )
         for row in leave_one_out:
@@ -936,6 +1028,8 @@ def run_design(
     }
     write_json(run_dir / DESIGN_JSON, summary)
     report = write_report(run_dir, summary, state)
+    ensemble = (final or {}).get("ensemble") or {}
+    name = " | ".join(ensemble["members"]) if ensemble.get("kept") else design.describe()
     return DesignOutcome(
-        run_dir=run_dir, chosen=chosen, retrained=retrained, report=report, final=design.describe()
+        run_dir=run_dir, chosen=chosen, retrained=retrained, report=report, final=name
     )

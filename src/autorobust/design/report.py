@@ -122,11 +122,22 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             f"{final['epochs']} epochs (the rest of their schedule) and were compared there by "
             f"their {label}; the simplest within one standard error of the best is kept. A "
             "design fitted on the meta set (MW-Net, AutoBalance) is scored only on the half it "
-            f"was not fitted on. Kept: **{summary['final_name']}**.",
+            f"was not fitted on. Kept finalist: **{summary['final_name']}**.",
             "",
             f"| design | {label} | difference to best ± SE | meta images scored | folder | |",
             "|---|---|---|---|---|---|",
         ]
+        ensemble = final.get("ensemble")
+        if ensemble:
+            verdict = "kept: it is the design's model" if ensemble["kept"] else "not kept"
+            lines[-2:-2] = [
+                f"Their ensemble (the mean of their calibrated probabilities) scored "
+                f"{ensemble['score']:.4f} against {ensemble['kept_finalist_score']:.4f} for the "
+                f"kept finalist on the {ensemble['scored_images']} meta images both may be "
+                f"scored on (difference {ensemble['difference']:+.4f} ± "
+                f"{ensemble['standard_error']:.4f}): {verdict} (`best/ensemble.json`).",
+                "",
+            ]
         for row in final["candidates"]:
             lines.append(
                 f"| {row['name']} | {row['score']:.4f} | {row['difference_to_best']:+.4f} ± "
@@ -152,7 +163,8 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
     test = summary.get("test")
     if test:
         lines += [
-            "Retrained with the full epoch budget, on the test split: balanced accuracy "
+            "The design's model (trained with the full epoch budget) on the test split: balanced "
+            "accuracy "
             f"{_pct(test['balanced_accuracy'])}%, "
             f"worst class {_pct(test['worst_class_accuracy'])}%, "
             f"accuracy {_pct(test['accuracy'])}% (`best/metrics.json`).",

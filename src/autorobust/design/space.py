@@ -122,7 +122,8 @@ class Design:
 
     @property
     def cost_factor(self) -> float:
-        """Nominal cost of one sample-epoch relative to plain training (docs/methods/design.md, "budget").
+        """Nominal cost of one sample-epoch relative to plain training (docs/methods/design.md,
+        "budget").
 
         MW-Net's cheap step (last layer, V every 4th step) measured 1.05-1.15x a CE epoch;
         AutoBalance's upper steps through the head about 1.3x; the others add nothing per sample.

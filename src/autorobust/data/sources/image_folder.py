@@ -234,9 +234,7 @@ class ImageFolderSource(DataSource):
                     f"{class_dir}: class {class_dir.name!r} has no folder in the training split"
                 )
             files = sorted(
-                path
-                for path in class_dir.iterdir()
-                if path.is_file() and is_image_file(path)
+                path for path in class_dir.iterdir() if path.is_file() and is_image_file(path)
             )
             if not files:
                 raise DataError(

@@ -42,9 +42,9 @@ class ArchitectureConfig(StrictModel):
     bundled ``csnas-*`` configs set); SimCLR's NT-Xent instead; or the paper's ablation, the
     validation error (1 - balanced accuracy on the meta split) after supervised training on the
     same images. The default was chosen by the rank study of benchmarks/architecture_search.py
-    (docs/benchmarks.md, "Which fitness orders cells"): over 30 random cells on balanced and long-tailed
-    Fashion-MNIST, synflow's Kendall tau-b with the trained accuracy was the highest of the
-    label-free fitnesses with an interval above 0 on both, at about 0.2 CPU-s per cell."""
+    (docs/benchmarks.md, "Which fitness orders cells"): over 30 random cells on balanced and
+    long-tailed Fashion-MNIST, synflow's Kendall tau-b with the trained accuracy was the highest
+    of the label-free fitnesses with an interval above 0 on both, at about 0.2 CPU-s per cell."""
     fitness_epochs: int = Field(5, ge=1)
     """Training epochs of every candidate (the same budget for all; the paper does not state it).
     ``search.trial_epochs`` is not used by this search."""
