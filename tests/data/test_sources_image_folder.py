@@ -114,6 +114,34 @@ def test_csv_with_integer_labels_and_a_held_out_split(tmp_path: Path) -> None:
     assert data.metadata["image_dir"] == str(tmp_path)
 
 
+def test_a_numeric_label_column_must_hold_integers(tmp_path: Path) -> None:
+    make_csv_images(tmp_path)
+    csv = write_csv(tmp_path / "labels.csv", "image,label\nISIC_1,0\nISIC_2,1.5\nISIC_3,1\n")
+    with pytest.raises(
+        DataError, match=r"labels\.csv line 3: label '1\.5' is not an integer, but the label "
+    ):
+        ImageFolderSource(train_csv=csv).load()
+    # Names that merely contain digits are names.
+    csv = write_csv(tmp_path / "names.csv", "image,label\nISIC_1,1.5mm\nISIC_2,2mm\n")
+    data = ImageFolderSource(train_csv=csv, test_fraction=0.5).load()
+    assert data.class_names == ("1.5mm", "2mm")
+
+
+def test_an_image_with_two_labels_is_refused_naming_both_rows(tmp_path: Path) -> None:
+    make_csv_images(tmp_path)
+    csv = write_csv(tmp_path / "l.csv", "image,label\nISIC_1,a\nISIC_2,b\nISIC_1.jpg,b\n")
+    with pytest.raises(
+        DataError,
+        match=r"l\.csv line 4: image 'ISIC_1\.jpg' is labelled 'b', but .*l\.csv line 2 labels "
+        r"it 'a'$",
+    ):
+        ImageFolderSource(train_csv=csv).load()
+    # Listed twice with the same label: kept (a duplicate row, not a contradiction).
+    csv = write_csv(tmp_path / "d.csv", "image,label\nISIC_1,a\nISIC_2,b\nISIC_1,a\nISIC_3,b\n")
+    data = ImageFolderSource(train_csv=csv, test_fraction=0.5).load()
+    assert len(data.train.labels) + len(data.test.labels) == 4
+
+
 def test_csv_labels_may_use_given_class_names_or_indices(tmp_path: Path) -> None:
     make_csv_images(tmp_path)
     csv = write_csv(tmp_path / "l.csv", "image,label\nISIC_1,b\nISIC_2,0\nISIC_3,a\nISIC_4,2\n")

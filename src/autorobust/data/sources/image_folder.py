@@ -25,6 +25,7 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "decode_images", "is_image_f
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".dcm")
 _INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _TRUE = ("1", "true", "yes", "y", "t")
 _FALSE = ("", "0", "false", "no", "n", "f")
 
@@ -63,6 +64,19 @@ def is_image_file(path: Path) -> bool:
     """Whether the file ``path`` is read as an image: one of :data:`IMAGE_EXTENSIONS` (any case),
     or a DICOM file of another name (the 128-byte preamble and "DICM")."""
     return path.suffix.lower() in IMAGE_EXTENSIONS or has_dicom_preamble(path)
+
+
+def _refuse_conflicting_labels(entries: _Entries) -> None:
+    """One image listed with two different labels is refused (a CSV that cannot be trusted to
+    say which is right), naming both rows; the same image twice with one label is kept."""
+    first: dict[Path, tuple[str, str]] = {}
+    for where, file, label in zip(entries.where, entries.files, entries.labels, strict=True):
+        seen = first.setdefault(file.resolve(), (label, where))
+        if seen[0] != label:
+            raise DataError(
+                f"{where}: image {file.name!r} is labelled {label!r}, but {seen[1]} labels it "
+                f"{seen[0]!r}"
+            )
 
 
 def _check_inside(name: str, image_dir: Path, where: str) -> None:
@@ -306,6 +320,7 @@ class ImageFolderSource(DataSource):
             raise DataError(f"{path}: unreadable CSV ({exc})") from None
         if not entries.files:
             raise DataError(f"{path}: CSV has a header but no rows")
+        _refuse_conflicting_labels(entries)
         return entries
 
     @staticmethod
@@ -364,6 +379,15 @@ class ImageFolderSource(DataSource):
                 codes.append(np.asarray(values, dtype=np.int64))
             return codes, names
         every = [label for split in splits for label in split.labels]
+        if all(_NUMBER.fullmatch(label) for label in every):
+            # A numeric label column holds class indices: 1.5 is a typo, not a class named "1.5".
+            for split in splits:
+                for where, label in zip(split.where, split.labels, strict=True):
+                    if not _INTEGER.fullmatch(label):
+                        raise DataError(
+                            f"{where}: label {label!r} is not an integer, but the label column "
+                            "is numeric (class indices must be integers)"
+                        )
         if all(_INTEGER.fullmatch(label) for label in every):
             for split in splits:
                 for where, label in zip(split.where, split.labels, strict=True):
