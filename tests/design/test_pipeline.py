@@ -345,3 +345,14 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
     described = json.loads(path.with_name(path.name + ".json").read_text())
     assert [m["run_dir"] for m in described["members"]] == [str(m.run_dir) for m in loaded.members]
     assert described["check"]["max_abs_difference"] <= 1e-4
+
+
+def test_a_bad_genotype_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from autorobust.errors import AutorobustError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"normal": [["no_such_op", 0]] * 8, "reduce": []}))
+    config = _config(tmp_path / "g", f"design.architectures=[fixed, {bad}]")
+    with pytest.raises(AutorobustError, match=r"^design\.architectures: .*bad\.json: "):
+        run_design(config)
+    assert not (tmp_path / "g").exists()

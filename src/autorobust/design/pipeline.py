@@ -50,8 +50,9 @@ from autorobust.design.scoring import (
     weighted_difference,
 )
 from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
-from autorobust.errors import AutorobustError, ConfigError
+from autorobust.errors import AutorobustError
 from autorobust.experiment import RunResult, build_splits, load_best_model, train_run
+from autorobust.methods.csnas.darts.genotype import check_genotype_files
 from autorobust.methods.glc.noise_model import (
     NoiseModel,
     estimate_noise_model,
@@ -947,11 +948,10 @@ def run_design(
 
     wall = time.perf_counter()
     run_dir = Path(config.run_dir)
+    # Parsed and validated before anything is written (a bad cell would fail every trial).
+    check_genotype_files(config.design.architectures)
     splits = build_splits(config) if splits is None else splits
     probe_epochs, trial_epochs = _epochs(config)
-    for genotype in config.design.architectures:
-        if genotype != "fixed" and not Path(genotype).is_file():
-            raise ConfigError(f"design.architectures: {genotype}: no such genotype file")
     state = DesignRun(config, splits, run_dir, probe_epochs, trial_epochs)
     _run_probe(state)
     final: dict[str, Any] | None = None
