@@ -115,6 +115,7 @@ def test_without_a_file_the_fingerprint_is_unchanged(tmp_path) -> None:
         relevant.pop(key)
     relevant["train"].pop("progress")
     relevant["train"].pop("threads")
+    relevant["train"].pop("record_dynamics")  # off: as before the field existed
     relevant["data"].pop("relabel_file")  # the key did not exist before; checkpoints still resume
     relevant.pop("pseudo_label")  # nor this section, which only method pseudo_label reads
     expected = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
