@@ -5,7 +5,8 @@ training method, ...) from their packages under ``autorobust/methods/``. The sha
 import those packages: each registering module is declared as an entry point of the group
 ``autorobust.plugins`` (in ``pyproject.toml``), and a registry imports every declared module the
 first time it is asked for a name it does not hold, or for its list of names. Another package can
-add its own model, loss or method the same way.
+add its own model, loss or method the same way. A registry may read another group: the search kinds
+(``autorobust.search.kinds``) read ``autorobust.search_kinds``, whose modules import no torch.
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ __all__ = ["PLUGIN_GROUP", "Registry", "load_plugins"]
 T = TypeVar("T")
 
 PLUGIN_GROUP = "autorobust.plugins"
-_loaded = False
+_loaded: set[str] = set()
 
 
-def load_plugins() -> None:
-    """Import every module declared under the entry-point group :data:`PLUGIN_GROUP`, once.
+def load_plugins(group: str = PLUGIN_GROUP) -> None:
+    """Import every module declared under the entry-point group ``group``, once.
 
     Importing a module runs its ``@register_*`` decorators. A plugin that fails to import is a bug
     of that plugin, and its error propagates.
     """
-    global _loaded
-    if _loaded:
+    if group in _loaded:
         return
-    _loaded = True  # first, so that a plugin that looks a name up while importing does not recurse
-    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+    # First, so that a plugin that looks a name up while importing does not recurse.
+    _loaded.add(group)
+    for entry_point in importlib.metadata.entry_points(group=group):
         entry_point.load()
 
 
@@ -45,16 +46,18 @@ class Registry(Generic[T]):
         kind: what the registry holds, used in error messages ("model", "loss", ...).
         plugins: whether methods' packages add entries (see :func:`load_plugins`); the
             registries of the search runner, for one, must not import torch to list a name.
+        group: the entry-point group of the modules that add entries.
     """
 
-    def __init__(self, kind: str, *, plugins: bool = False) -> None:
+    def __init__(self, kind: str, *, plugins: bool = False, group: str = PLUGIN_GROUP) -> None:
         self.kind = kind
         self.plugins = plugins
+        self.group = group
         self._entries: dict[str, T] = {}
 
     def _load_plugins(self) -> None:
         if self.plugins:
-            load_plugins()
+            load_plugins(self.group)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a duplicate name is a programming error."""

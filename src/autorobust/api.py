@@ -12,15 +12,32 @@ counts an import inside a function as an import, and an ``autorobust -> autorobu
 edge would put every layer above any module that imports the package itself (say, for
 ``__version__``), a chain that breaks the layers contract. The imports here are written out as
 statements for the same reason: a module name computed into ``importlib`` would be invisible to
-the check.
+the check. The search commands are the exception: ``search_KIND`` is read from the registry of
+search kinds (:data:`autorobust.search.kinds.SEARCH_KINDS`), which names where each kind's
+``run_search`` lives, as the trainers' registry does for the methods' trainers.
 """
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 
+from autorobust.search.kinds import SEARCH_KINDS
+
 __all__ = ["EXPORTS", "load"]
+
+
+def _search_exports() -> dict[str, tuple[str, str]]:
+    """``search_KIND`` -> where its ``run_search`` is defined, for every registered search kind
+    of this package (``autorobust search KIND``)."""
+    exports = {}
+    for name in SEARCH_KINDS.names():
+        kind = SEARCH_KINDS.get(name)
+        if kind.module.startswith("autorobust."):
+            exports[f"search_{name}"] = (kind.module.removeprefix("autorobust."), kind.attribute)
+    return exports
+
 
 # Public name -> (module under autorobust, attribute there). The search commands are named like
 # the command line's ``autorobust search KIND``; every other name is its defining module's own.
@@ -50,11 +67,8 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "LoadedModel": ("inference", "LoadedModel"),
     # a finished run as one ONNX / torch.export file (`autorobust export`)
     "export_model": ("export", "export_model"),
-    # searches (`autorobust search KIND`)
-    "search_baseline": ("search.baseline", "run_search"),
-    "search_reweighter": ("methods.meta_weight_net.search", "run_search"),
-    "search_loss": ("methods.autobalance.search", "run_search"),
-    "search_architecture": ("methods.csnas.search", "run_search"),
+    # searches (`autorobust search KIND`): search_KIND from the registry of search kinds
+    **_search_exports(),
     "SearchOutcome": ("search.common", "SearchOutcome"),
     # designs (`autorobust design`)
     "run_design": ("design.pipeline", "run_design"),
@@ -68,6 +82,9 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "UnknownNameError": ("errors", "UnknownNameError"),
     "WriteError": ("errors", "WriteError"),
 }
+
+
+_SEARCH_MODULES = {module for module, _ in _search_exports().values()}
 
 
 def load(name: str) -> Any:
@@ -104,20 +121,14 @@ def _import(module: str) -> ModuleType:
         import autorobust.inference as loaded
     elif module == "export":
         import autorobust.export as loaded
-    elif module == "search.baseline":
-        import autorobust.search.baseline as loaded
     elif module == "search.common":
         import autorobust.search.common as loaded
-    elif module == "methods.meta_weight_net.search":
-        import autorobust.methods.meta_weight_net.search as loaded
-    elif module == "methods.autobalance.search":
-        import autorobust.methods.autobalance.search as loaded
-    elif module == "methods.csnas.search":
-        import autorobust.methods.csnas.search as loaded
     elif module == "design.pipeline":
         import autorobust.design.pipeline as loaded
     elif module == "design.space":
         import autorobust.design.space as loaded
+    elif module in _SEARCH_MODULES:
+        loaded = importlib.import_module(f"autorobust.{module}")  # named by the registry
     else:
         raise AssertionError(f"EXPORTS names autorobust.{module}, which _import does not import")
     return loaded

@@ -25,22 +25,12 @@ from autorobust import __version__
 from autorobust.errors import AutorobustError
 
 if TYPE_CHECKING:
-    from autorobust.config import ExperimentConfig
     from autorobust.search.common import SearchOutcome
 
 __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-# `autorobust search KIND`: the help line of each kind; `_run_search` calls its `run_search`.
-SEARCH_KINDS = {
-    "baseline": "TPE over the baseline losses and learning rate",
-    "reweighter": "TPE over the Meta-Weight-Net architecture and input (MW-Net NAS)",
-    "loss": "AutoBalance: a loss learned by bilevel optimisation",
-    "architecture": "CSNAS: label-free DARTS cell search",
-}
-
 
 INTERRUPTED_MESSAGE = (
     "autorobust: interrupted; checkpoints and studies are kept: rerun the same command "
@@ -176,16 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search a design with Optuna")
     kinds = search.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, help_text in SEARCH_KINDS.items():
-        _add_search_arguments(kinds.add_parser(kind, help=help_text))
-    # Only the architecture search scores candidates in more than one way.
-    from autorobust.methods.csnas.config import FITNESS_NAMES  # a leaf: pydantic only
+    # The registry's declarations import neither torch nor Optuna: `--help` stays quick.
+    from autorobust.search.kinds import SEARCH_KINDS
 
-    kinds.choices["architecture"].add_argument(
-        "--fitness",
-        choices=FITNESS_NAMES,
-        help="how a candidate cell is scored (default: the config's architecture.fitness)",
-    )
+    for name in SEARCH_KINDS.names():
+        kind = SEARCH_KINDS.get(name)
+        kind_parser = kinds.add_parser(name, help=kind.help)
+        _add_search_arguments(kind_parser)
+        for option in kind.options:
+            kind_parser.add_argument(option.flag, choices=option.choices, help=option.help)
 
     design = commands.add_parser(
         "design",
@@ -313,48 +302,20 @@ def _command_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_search(
-    kind: str,
-    config: ExperimentConfig,
-    *,
-    default_study_name: str,
-    retrain: bool,
-    fitness: str | None,
-) -> SearchOutcome:
-    """Run the search command ``kind``: each lives with its method (imported here, not at start-up,
-    so that ``autorobust --help`` does not load torch)."""
-    if kind == "baseline":
-        from autorobust.search.baseline import run_search as baseline
-
-        return baseline(config, default_study_name=default_study_name, retrain=retrain)
-    if kind == "reweighter":
-        from autorobust.methods.meta_weight_net.search import run_search as reweighter
-
-        return reweighter(config, default_study_name=default_study_name, retrain=retrain)
-    if kind == "loss":
-        from autorobust.methods.autobalance.search import run_search as loss
-
-        return loss(config, default_study_name=default_study_name, retrain=retrain)
-    if kind == "architecture":
-        from autorobust.methods.csnas.search import run_search as architecture
-
-        return architecture(
-            config, default_study_name=default_study_name, retrain=retrain, fitness=fitness
-        )
-    raise AssertionError(f"unknown search kind {kind!r}")  # argparse allows only SEARCH_KINDS
-
-
 def _command_search(args: argparse.Namespace) -> int:
+    """``autorobust search KIND``: the kind's ``run_search`` from the registry (imported here, not
+    at start-up, so that ``autorobust --help`` does not load torch), with the kind's options."""
     from autorobust.experiment import check_config
+    from autorobust.search.kinds import SEARCH_KINDS
 
+    kind = SEARCH_KINDS.get(args.kind)  # argparse allows only the registered kinds
     config = _load(args)
     check_config(config)  # unknown names are refused before a study or folder is created
-    outcome = _run_search(
-        args.kind,
+    outcome: SearchOutcome = kind.run(
         config,
         default_study_name=f"{args.kind}-{Path(args.config).stem}",
         retrain=not args.no_retrain,
-        fitness=getattr(args, "fitness", None),
+        **{option.keyword: getattr(args, option.keyword) for option in kind.options},
     )
     best = outcome.best
     print(f"best trial #{best['number']}: {best['params']} (value {best['value']:.4g})")

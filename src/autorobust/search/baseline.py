@@ -8,27 +8,22 @@ trial is then retrained with the full ``train.epochs`` budget and measured on th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.splits import Splits
-from autorobust.experiment import build_splits, train_run
+from autorobust.experiment import build_splits
 from autorobust.losses import LOSSES
-from autorobust.search.common import (
-    SearchOutcome,
-    finish_study,
-    search_settings,
-    train_trial,
-    trial_dir,
-)
-from autorobust.search.runner import run_study
+from autorobust.search.common import SearchOutcome, train_trial, trial_dir
+from autorobust.search.driver import drive_search
+from autorobust.search.space import SearchSpace
 
 __all__ = ["BaselineLossSpace", "point_from_params", "run_search"]
 
 
-class BaselineLossSpace:
+class BaselineLossSpace(SearchSpace[dict[str, Any]]):
     """The search space: which baseline loss, its hyper-parameters, and the learning rate.
 
     Hyper-parameter names are prefixed with the loss name (``focal.gamma``) because the space is
@@ -64,6 +59,10 @@ class BaselineLossSpace:
         lr = trial.suggest_float("lr", *self.lr_range, log=True)
         return {"loss": name, "options": options, "lr": lr}
 
+    def point_from_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Invert :meth:`suggest` (see :func:`point_from_params`)."""
+        return point_from_params(dict(params))
+
     def describe(self) -> dict[str, Any]:
         """The space as JSON-able data (stored with a study; a resumed study must match)."""
         spaces = {name: LOSSES.get(name).search_space for name in self.losses}
@@ -94,37 +93,34 @@ def run_search(
     """
     import optuna
 
-    space = space or BaselineLossSpace()
+    searched = space or BaselineLossSpace()
     run_dir = Path(config.run_dir)
     splits = build_splits(config) if splits is None else splits
     trial_epochs = config.epochs("trial")
 
     def objective(trial: optuna.Trial) -> float:
-        point = space.suggest(trial)
-        trial_config = space.apply(config, point, epochs=trial_epochs, progress=False)
+        point = searched.suggest(trial)
+        trial_config = searched.apply(config, point, epochs=trial_epochs, progress=False)
         trial_config = trial_config.model_copy(
             update={"run_dir": str(trial_dir(run_dir, trial.number))}
         )
         result = train_trial(trial, trial_config, splits)
         return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
 
-    settings = search_settings(
-        config.search,
-        study_name=default_study_name,
-        space={**space.describe(), "trial_epochs": trial_epochs},
+    def best_config(best: dict[str, Any]) -> ExperimentConfig:
+        point = searched.point_from_params(best["params"])
+        return searched.apply(config, point).model_copy(update={"run_dir": str(run_dir / "best")})
+
+    return drive_search(
+        config,
+        searched,
+        objective,
+        splits=splits,
+        default_study_name=default_study_name,
+        best_config=best_config if retrain else None,
+        describe={"trial_epochs": trial_epochs},
         trial_epochs=trial_epochs,
     )
-    study = run_study(objective, settings, run_dir)
-    best = finish_study(study, run_dir)["best_trial"]
-    retrained = None
-    if retrain:
-        point = point_from_params(best["params"])
-        best_config = space.apply(config, point).model_copy(
-            update={"run_dir": str(run_dir / "best")}
-        )
-        # a rerun of the search retrains its best trial afresh
-        retrained = train_run(best_config, splits=splits, overwrite=True)
-    return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
 
 
 def point_from_params(params: dict[str, Any]) -> dict[str, Any]:

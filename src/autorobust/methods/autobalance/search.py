@@ -20,7 +20,9 @@ mode also ``fairness``: equal-opportunity gap and worst-group accuracy).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +34,12 @@ from autorobust.data.augment import BatchAugment
 from autorobust.data.splits import Splits
 from autorobust.data.tensors import images_to_tensor, resolve_device
 from autorobust.errors import ConfigError, DataError
-from autorobust.experiment import RunResult, build_model, build_splits, train_run
+from autorobust.experiment import RunResult, build_model, build_splits
 from autorobust.methods.autobalance.config import BilevelConfig
 from autorobust.methods.autobalance.objectives import fairness_metrics
-from autorobust.search.common import (
-    SearchOutcome,
-    finish_study,
-    search_settings,
-    train_trial,
-    trial_dir,
-)
-from autorobust.search.runner import run_study
+from autorobust.search.common import SearchOutcome, train_trial, trial_dir
+from autorobust.search.driver import drive_search
+from autorobust.search.space import SearchSpace
 
 __all__ = [
     "LEARNED_NAME",
@@ -55,7 +52,7 @@ __all__ = [
 LEARNED_NAME = "learned_loss.json"
 
 
-class BilevelKnobSpace:
+class BilevelKnobSpace(SearchSpace[dict[str, Any]]):
     """The TPE space over the bilevel trainer's knobs named in ``bilevel.tune``.
 
     Only calls ``trial.suggest_*``; :meth:`apply` turns a point into a :class:`BilevelConfig`.
@@ -88,8 +85,12 @@ class BilevelKnobSpace:
                 )
         return point
 
+    def point_from_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Invert :meth:`suggest`: the trial's params are its point."""
+        return dict(params)
+
     def describe(self) -> dict[str, Any]:
-        """The space as JSON-able data: the tuned knobs and their ranges."""
+        """The space as JSON-able data: ``{"tune": {knob: its range}}`` for the tuned knobs."""
         b = self.bilevel
         ranges = {
             "upper_lr": b.upper_lr_range,
@@ -99,7 +100,7 @@ class BilevelKnobSpace:
             "upper_every": b.upper_every_range,
             "augment_strength": b.augment_strength_range,
         }
-        return {knob: list(ranges[knob]) for knob in b.tune}
+        return {"tune": {knob: list(ranges[knob]) for knob in b.tune}}
 
     def apply(self, point: dict[str, Any]) -> BilevelConfig:
         """``bilevel`` with the point's values (the augmentation strengths excluded)."""
@@ -205,33 +206,41 @@ def run_search(
         trial.set_user_attr("learned_loss", learned["options"])
         return float(learned["val_balanced_accuracy"])
 
-    settings = search_settings(
-        config.search,
-        study_name=default_study_name,
-        space={"tune": space.describe()},
-        trial_epochs=config.epochs("bilevel"),
-    )
-    study = run_study(objective, settings, run_dir)
-    best = finish_study(study, run_dir)["best_trial"]
-    learned = json.loads(
-        (trial_dir(run_dir, best["number"]) / LEARNED_NAME).read_text(encoding="utf-8")
-    )
-    learned["trial"] = best["number"]
-    write_json(run_dir / LEARNED_NAME, learned)
-    _plot(learned, splits, run_dir / "learned_loss.png")
-    retrained = None
-    if retrain:
+    found: dict[str, Any] = {}  # the best trial's learned loss, read by on_best
+
+    def on_best(study: Any, best: dict[str, Any]) -> None:
+        learned = json.loads(
+            (trial_dir(run_dir, best["number"]) / LEARNED_NAME).read_text(encoding="utf-8")
+        )
+        learned["trial"] = best["number"]
+        write_json(run_dir / LEARNED_NAME, learned)
+        _plot(learned, splits, run_dir / "learned_loss.png")
+        found.update(learned)
+
+    def best_config(best: dict[str, Any]) -> ExperimentConfig:
+        learned = found
         raw = config.to_dict()
         raw["loss"] = {"name": "parametric", "options": learned["options"]}
         raw["train"]["augment"]["class_strength"] = learned["augment_class_strength"]
         raw["method"] = "erm"
         raw["run_dir"] = str(run_dir / "best")
-        # a rerun of the search retrains the learned loss afresh
-        learned_config = validate_config(raw, where="learned loss")
-        retrained = train_run(learned_config, splits=splits, overwrite=True)
-        if splits.test.groups is not None:
-            retrained = _add_fairness(retrained, splits, config)
-    return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
+        return validate_config(raw, where="learned loss")
+
+    outcome = drive_search(
+        config,
+        space,
+        objective,
+        splits=splits,
+        default_study_name=default_study_name,
+        best_config=best_config if retrain else None,
+        trial_epochs=config.epochs("bilevel"),
+        on_best=on_best,
+    )
+    if outcome.retrained is not None and splits.test.groups is not None:
+        outcome = dataclasses.replace(
+            outcome, retrained=_add_fairness(outcome.retrained, splits, config)
+        )
+    return outcome
 
 
 def _plot(learned: dict[str, Any], splits: Splits, path: Path) -> None:

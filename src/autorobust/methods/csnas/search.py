@@ -21,7 +21,7 @@ Run directory: ``study.db``, ``search.json`` (best trial, every trial's fitness,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.splits import Splits
 from autorobust.data.tensors import resolve_device
 from autorobust.errors import ConfigError
-from autorobust.experiment import build_splits, train_run
+from autorobust.experiment import build_splits
 from autorobust.methods.csnas.darts import (
     OPERATION_NAMES,
     DartsNetwork,
@@ -41,13 +41,9 @@ from autorobust.methods.csnas.darts import (
     model_cost,
 )
 from autorobust.methods.csnas.fitness import Fitness, create_fitness
-from autorobust.search.common import (
-    SearchOutcome,
-    finish_study,
-    prune_if_hopeless,
-    search_settings,
-)
-from autorobust.search.runner import run_study
+from autorobust.search.common import SearchOutcome, prune_if_hopeless
+from autorobust.search.driver import drive_search
+from autorobust.search.space import SearchSpace
 
 __all__ = [
     "CellSearchSpace",
@@ -57,7 +53,7 @@ __all__ = [
 ]
 
 
-class CellSearchSpace:
+class CellSearchSpace(SearchSpace[dict[str, list[str]]]):
     """The CSNAS space: one categorical operation per edge of the normal and reduction cells.
 
     Parameter names are ``normal.<i>-<j>`` / ``reduce.<i>-<j>`` for the edge from node i to node j
@@ -95,11 +91,13 @@ class CellSearchSpace:
             normal=tuple(point["normal"]), reduce=tuple(point["reduce"]), nodes=self.nodes
         )
 
+    def point_from_params(self, params: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Invert :meth:`suggest`: Optuna's flat params -> ``{"normal": [..], "reduce": [..]}``."""
+        return {cell: [params[name] for name in self.names(cell)] for cell in ("normal", "reduce")}
+
     def genotype_from_params(self, params: dict[str, Any]) -> Genotype:
         """Invert :meth:`suggest`: Optuna's flat params -> the genotype."""
-        return self.genotype(
-            {cell: [params[name] for name in self.names(cell)] for cell in ("normal", "reduce")}
-        )
+        return self.genotype(self.point_from_params(params))
 
 
 def build_search_network(
@@ -212,40 +210,50 @@ def run_search(
     proxy = {k: getattr(arch, k) for k in ("search_layers", "search_channels", "fitness_epochs")}
     if not scorer.trains:
         proxy.update(score_batch=arch.score_batch, score_inits=arch.score_inits)
-    settings = search_settings(
-        config.search,
-        study_name=default_study_name,
-        directions=("minimize",),
-        space={**space.describe(), "fitness": scorer.name, "proxy": proxy},
-    )
-    study = run_study(objective, settings, run_dir)
-    trials = _trial_table(study)
-    summary = finish_study(
-        study, run_dir, fitness=scorer.name, sampler=settings.sampler, trials=trials
-    )
-    best = summary["best_trial"]
-    from autorobust.methods.csnas.report import draw_genotype, fitness_history_plot
 
-    complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    fitness_history_plot(
-        [t["number"] for t in complete],
-        [t["value"] for t in complete],
-        run_dir / "search_history.png",
-        fitness=scorer.name,
+    def summary_fields(study: Any) -> dict[str, Any]:
+        return {
+            "fitness": scorer.name,
+            "sampler": config.search.sampler,
+            "trials": _trial_table(study),
+        }
+
+    def on_best(study: Any, best: dict[str, Any]) -> None:
+        from autorobust.methods.csnas.report import draw_genotype, fitness_history_plot
+
+        trials = _trial_table(study)
+        complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+        fitness_history_plot(
+            [t["number"] for t in complete],
+            [t["value"] for t in complete],
+            run_dir / "search_history.png",
+            fitness=scorer.name,
+        )
+        genotype = space.genotype_from_params(best["params"])
+        genotype.save(run_dir / "best_genotype.json")
+        draw_genotype(
+            genotype,
+            run_dir / "best_genotype.png",
+            title=f"best of {study.study_name}: trial {best['number']}, "
+            f"fitness {best['value']:.4g}",
+        )
+
+    def best_config(best: dict[str, Any]) -> ExperimentConfig:
+        genotype = space.genotype_from_params(best["params"])
+        return evaluation_config(config, genotype, run_dir / "best")
+
+    return drive_search(
+        config,
+        space,
+        objective,
+        splits=splits,
+        default_study_name=default_study_name,
+        best_config=best_config if retrain else None,
+        describe={"fitness": scorer.name, "proxy": proxy},
+        directions=("minimize",),
+        summary_fields=summary_fields,
+        on_best=on_best,
     )
-    genotype = space.genotype_from_params(best["params"])
-    genotype.save(run_dir / "best_genotype.json")
-    draw_genotype(
-        genotype,
-        run_dir / "best_genotype.png",
-        title=f"best of {study.study_name}: trial {best['number']}, fitness {best['value']:.4g}",
-    )
-    retrained = None
-    if retrain:
-        # a rerun of the search retrains its best cell afresh
-        best_config = evaluation_config(config, genotype, run_dir / "best")
-        retrained = train_run(best_config, splits=splits, overwrite=True)
-    return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
 
 
 def _trial_table(study: Any) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ Outputs in ``run_dir``: ``study.db`` (the default storage; rerunning resumes it)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,12 @@ from autorobust._io import write_json
 from autorobust.config import ExperimentConfig, validate_config
 from autorobust.data.splits import Splits
 from autorobust.errors import UnknownNameError
-from autorobust.experiment import build_model, build_splits, train_run
+from autorobust.experiment import build_model, build_splits
 from autorobust.methods.meta_weight_net.config import ReweightConfig, ReweightSearchConfig
 from autorobust.methods.meta_weight_net.network import MetaWeightNetSpec
-from autorobust.search.common import (
-    SearchOutcome,
-    finish_study,
-    search_settings,
-    train_trial,
-    trial_dir,
-)
-from autorobust.search.runner import run_study
+from autorobust.search.common import SearchOutcome, train_trial, trial_dir
+from autorobust.search.driver import drive_search
+from autorobust.search.space import SearchSpace
 
 __all__ = [
     "BEST_SPEC_NAME",
@@ -48,7 +43,7 @@ BEST_SPEC_NAME = "best_mwnet.json"
 _SEP = "@"  # "features@block3": a categorical choice naming the input kind and the layer
 
 
-class MetaWeightNetSpace:
+class MetaWeightNetSpace(SearchSpace[dict[str, Any]]):
     """The search space over V; :meth:`suggest` only calls ``trial.suggest_*``.
 
     Parameters as Optuna sees them: ``hidden_layers`` (int), ``width_0`` .. ``width_3`` (int,
@@ -86,6 +81,10 @@ class MetaWeightNetSpace:
             trial.suggest_categorical("class_aware", [False, True])
         trial.suggest_float("mwn_lr", *s.lr_range, log=True)
         return point_from_params(trial.params, s)
+
+    def point_from_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Invert :meth:`suggest` (see :func:`point_from_params`)."""
+        return point_from_params(dict(params), self.settings)
 
     def describe(self) -> dict[str, Any]:
         """The space as JSON-able data (stored with a study; a resumed study must match)."""
@@ -195,33 +194,41 @@ def run_search(
                 trial.set_user_attr(key, method[key])
         return max(r["val_balanced_accuracy"] for r in result.metrics["history"])
 
-    settings = search_settings(
-        config.search,
-        study_name=default_study_name,
-        space={**space.describe(), "trial_epochs": trial_epochs},
-        trial_epochs=trial_epochs,
-    )
     # The configured V (by default the original 1-100-1 on the loss) is the first trial, so the
     # search is never judged worse on validation than the design it starts from.
     configured = params_from_reweight(config.reweight, space.settings, space.layers)
-    study = run_study(objective, settings, run_dir, first_params=configured)
-    _history_plot(study, run_dir)
-    best = finish_study(study, run_dir)["best_trial"]
-    point = point_from_params(best["params"], space.settings)
-    best_config = space.apply(config, point).model_copy(update={"run_dir": str(run_dir / "best")})
-    write_json(
-        run_dir / BEST_SPEC_NAME,
-        {
-            "spec": MetaWeightNetSpec.from_config(best_config.reweight).to_dict(),
-            "name": MetaWeightNetSpec.from_config(best_config.reweight).describe(),
-            "lr": point["lr"],
-            "trial": best["number"],
-            "val_balanced_accuracy": best["value"],
-        },
+
+    def best_config(best: dict[str, Any]) -> ExperimentConfig:
+        point = space.point_from_params(best["params"])
+        return space.apply(config, point).model_copy(update={"run_dir": str(run_dir / "best")})
+
+    def on_best(study: Any, best: dict[str, Any]) -> None:
+        _history_plot(study, run_dir)
+        point = space.point_from_params(best["params"])
+        spec = MetaWeightNetSpec.from_config(best_config(best).reweight)
+        write_json(
+            run_dir / BEST_SPEC_NAME,
+            {
+                "spec": spec.to_dict(),
+                "name": spec.describe(),
+                "lr": point["lr"],
+                "trial": best["number"],
+                "val_balanced_accuracy": best["value"],
+            },
+        )
+
+    return drive_search(
+        config,
+        space,
+        objective,
+        splits=splits,
+        default_study_name=default_study_name,
+        best_config=best_config if retrain else None,
+        describe={"trial_epochs": trial_epochs},
+        trial_epochs=trial_epochs,
+        first_params=configured,
+        on_best=on_best,
     )
-    # a rerun of the search retrains its best trial afresh
-    retrained = train_run(best_config, splits=splits, overwrite=True) if retrain else None
-    return SearchOutcome(run_dir=run_dir, best=best, retrained=retrained)
 
 
 def _history_plot(study: Any, run_dir: Path) -> None:
