@@ -78,6 +78,13 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "search-architecture-csnas-fashion-mnist-lt100": (
         ["search", "architecture", "csnas-fashion-mnist-lt100", *TINY_DARTS, *FASHION], "best"
     ),
+    # Every reference design (each treatment and loss family) and three of TPE's proposals.
+    "design-demo": (
+        ["design", "demo", "--set", "train.epochs=4", "--set", "design.max_trials=10",
+         "--set", "design.budget=20", "--set", "design.ensemble=false",
+         "--set", "model.options.width=8"],
+        "best",
+    ),
 }  # fmt: skip
 
 
