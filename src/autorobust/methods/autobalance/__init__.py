@@ -10,5 +10,6 @@
 - ``split.py``: the two levels' data (a split of the pool, or the clean meta set);
 - ``trainer.py``: ``method: autobalance``, one bilevel run;
 - ``search.py``: ``autorobust search loss``, TPE over the bilevel knobs, then the retraining;
+  ``search_kind.py`` declares it (torch-free, for the registry of search kinds);
 - ``report.py``: the learned parameters against class frequency.
 """

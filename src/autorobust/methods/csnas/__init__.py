@@ -9,6 +9,7 @@
   (NASWOT, synflow, Jacobian covariance);
 - ``trainer.py``: ``method: darts``, the final training recipe (auxiliary head, drop-path,
   clipping);
-- ``search.py``: ``autorobust search architecture``;
+- ``search.py``: ``autorobust search architecture``; ``search_kind.py`` declares it (torch-free,
+  for the registry of search kinds);
 - ``report.py``: genotype drawings and the fitness history.
 """
