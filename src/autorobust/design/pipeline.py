@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from autorobust._io import atomic_write, write_json
-from autorobust.config import ExperimentConfig, validate_config
+from autorobust.config import ExperimentConfig
 from autorobust.data.relabel import read_relabel_file
 from autorobust.data.splits import Splits, TrainingPool, apply_relabel_file
 from autorobust.data.tensors import images_to_tensor, resolve_device
+from autorobust.design.run_config import PROBE_DESIGN, design_run_config
 from autorobust.design.scoring import (
     ScoredDesign,
     choose_within_one_standard_error,
@@ -78,7 +79,6 @@ __all__ = [
     "run_design",
 ]
 
-PROBE_DESIGN = REFERENCE_DESIGNS[0]
 NOISE_MODEL_NAME = "noise_model.json"
 ENSEMBLE_NAME = "ensemble.json"  # a design's best/ that holds the finalists' ensemble
 DESIGN_JSON = "design.json"
@@ -141,95 +141,6 @@ def _epochs(config: ExperimentConfig) -> tuple[int, int]:
     design = config.design
     probe = design.probe_epochs or max(1, math.ceil(config.train.epochs / 3))
     return probe, design.trial_epochs or probe
-
-
-def _quiet(config: ExperimentConfig, *, epochs: int, run_dir: Path) -> dict[str, Any]:
-    raw = config.to_dict()
-    raw["run_dir"] = str(run_dir)
-    raw["train"]["epochs"] = epochs
-    raw["train"]["warmup_epochs"] = min(raw["train"]["warmup_epochs"], epochs - 1)
-    raw["train"]["progress"] = False
-    return raw
-
-
-def design_run_config(
-    config: ExperimentConfig,
-    design: Design,
-    *,
-    epochs: int,
-    run_dir: Path,
-    noise_model_file: Path | None = None,
-    relabel_file: Path | None = None,
-) -> ExperimentConfig:
-    """The config that trains ``design`` for ``epochs`` epochs in ``run_dir``.
-
-    ``transition`` needs ``noise_model_file``; ``selection`` needs ``relabel_file``.
-    """
-    raw = _quiet(config, epochs=epochs, run_dir=run_dir)
-    raw["method"] = "erm"
-    # The probe's recipe records every sample's margin and loss per epoch: the probe is its
-    # run's first epochs, and the dynamics detectors read them.
-    raw["train"]["record_dynamics"] = design == PROBE_DESIGN
-    if design.architecture != "fixed":
-        arch = config.architecture
-        raw["model"] = {
-            "name": "darts",
-            "options": {
-                "genotype": design.architecture,
-                "layers": arch.eval_layers,
-                "channels": arch.eval_channels,
-                "auxiliary": False,
-            },
-        }
-    if design.loss == "cross_entropy":
-        raw["loss"] = {"name": "cross_entropy", "options": {}}
-    else:
-        raw["loss"] = {"name": "logit_adjustment", "options": {"tau": design.tau}}
-    if design.treatment == "transition":
-        if noise_model_file is None:
-            raise ValueError("a transition design needs the noise model file")
-        tau = 0.0 if design.loss == "cross_entropy" else design.tau
-        raw["loss"] = {
-            "name": "forward_corrected",
-            "options": {"noise_model_file": str(noise_model_file), "tau": tau},
-        }
-    if design.loss == "autobalance":
-        raw["method"] = "autobalance"
-        # The clean meta set as upper data: the variant that led the noise-aware benchmark
-        # (the noisy pool's own split would fit the loss to noisy labels).
-        raw["bilevel"].update(
-            init="logit_adjustment",
-            init_tau=design.tau,
-            upper_data="meta",
-            warmup_epochs=min(raw["bilevel"]["warmup_epochs"], epochs - 1),
-        )
-        if design.treatment == "transition":
-            if noise_model_file is None:  # refused above already
-                raise ValueError("a transition design needs the noise model file")
-            model = NoiseModel.load(noise_model_file)
-            raw["bilevel"].update(
-                transition=model.transition.tolist(),
-                init_prior_counts=model.clean_counts.tolist(),
-            )
-    if design.treatment == "selection":
-        if relabel_file is None:
-            raise ValueError("a selection design needs the relabel file")
-        raw["data"]["relabel_file"] = str(relabel_file)
-        if design.pseudo_label:
-            raw["method"] = "pseudo_label"
-    if design.treatment == "mwnet":
-        raw["method"] = "reweight"
-        raw["reweight"].update(
-            hidden=[100],
-            input="loss",
-            feature_layer=None,
-            class_embedding=8 if design.mwnet_class_aware else 0,
-            lr=design.mwnet_lr,
-            meta_scope="head",
-            meta_interval=4,
-            plots=False,
-        )
-    return validate_config(raw, where=f"design {design.describe()}")
 
 
 # -- the stages -----------------------------------------------------------------------------------

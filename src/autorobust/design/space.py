@@ -4,15 +4,19 @@ A :class:`Design` is plain data (JSON round trip); :class:`DesignSpace` asks an 
 one with ``trial.suggest_*`` only (conditional parameters: a selection's detector and quantile
 exist only in trials that select). Pairs that do not compose are not proposed: MW-Net trains with
 its own method, so ``mwnet`` goes with a fixed loss, not with AutoBalance.
+
+What a treatment or a loss family contributes (its parameters, cost, components and name) is its
+own module's: design/treatments/ and design/loss_families.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any
 
-from autorobust.design.config import DesignConfig, LossFamily
+from autorobust.design.config import DesignConfig
+from autorobust.design.loss_families import loss_family
+from autorobust.design.treatments import categorical, treatment
 from autorobust.errors import ConfigError
 
 __all__ = [
@@ -83,14 +87,10 @@ class Design:
         parts = []
         if self.architecture != "fixed":
             parts.append("architecture")
-        if self.treatment != "none":
-            parts.append(self.treatment)
-            if self.treatment == "selection" and self.relabel:
-                parts.append("relabel")
-            if self.treatment == "selection" and self.pseudo_label:
-                parts.append("pseudo_label")
-        if self.loss != "cross_entropy":
-            parts.append(self.loss)
+        parts.extend(treatment(self.treatment).components(self))
+        loss = loss_family(self.loss).component(self)
+        if loss is not None:
+            parts.append(loss)
         return parts
 
     def without(self, component: str) -> Design:
@@ -100,20 +100,17 @@ class Design:
             raise ValueError(f"{component!r} is not a component of {self.describe()}")
         if component == "architecture":
             return replace(self, architecture="fixed")
-        if component == "relabel":
-            return replace(self, relabel=False, relabel_confidence=None)
-        if component == "pseudo_label":
-            return replace(self, pseudo_label=False)
-        if component in ("logit_adjustment", "autobalance"):
-            return replace(self, loss="cross_entropy", tau=0.0)
-        return Design(architecture=self.architecture, loss=self.loss, tau=self.tau)
+        family = loss_family(self.loss)
+        if component == family.component(self):
+            return family.without(self)
+        return treatment(self.treatment).without(self, component)
 
     @property
     def fits_meta(self) -> bool:
         """Whether training fits something on the clean meta set besides selecting the epoch
         (MW-Net's V, AutoBalance's loss with the meta set as upper data), so that scoring it on
         the same images would flatter it (cross-fitting, ``design.cross_fit``)."""
-        return self.treatment == "mwnet" or self.loss == "autobalance"
+        return treatment(self.treatment).fits_meta or loss_family(self.loss).fits_meta
 
     @property
     def complexity(self) -> tuple[int, float]:
@@ -123,20 +120,15 @@ class Design:
     @property
     def cost_factor(self) -> float:
         """Nominal cost of one sample-epoch relative to plain training (docs/methods/design.md,
-        "budget").
+        "budget"): the treatment's factor times the loss family's.
 
-        MW-Net's cheap step (last layer, V every 4th step) measured 1.05-1.15x a CE epoch;
-        AutoBalance's upper steps through the head about 1.3x; the others add nothing per sample.
+        MW-Net's cheap step (last layer, V every 4th step) measured 1.05-1.15x a CE epoch; a
+        selection's pseudo-label loss 2.3x; AutoBalance's upper steps through the head about 1.3x;
+        the others add nothing per sample.
         """
         factor = 1.0
-        if self.treatment == "mwnet":
-            factor *= 1.15
-        if self.pseudo_label:
-            # One weak forward pass without gradient and one strong forward and backward pass of
-            # as many rejected images as labelled ones, per step.
-            factor *= 2.3
-        if self.loss == "autobalance":
-            factor *= 1.3
+        factor *= treatment(self.treatment).cost_factor(self)
+        factor *= loss_family(self.loss).cost_factor
         return factor
 
     def describe(self) -> str:
@@ -144,20 +136,10 @@ class Design:
         parts = []
         if self.architecture != "fixed":
             parts.append(f"cell {self.architecture}")
-        if self.treatment == "selection":
-            relabel = f", relabel {self.relabel_confidence:.2f}" if self.relabel else ""
-            if self.relabel and self.relabel_needs_prototype:
-                relabel += " if the prototype agrees"
-            rule = f"q={self.quantile:.2f}" if self.rule == "meta_quantile" else self.rule
-            semi = ", pseudo-labels" if self.pseudo_label else ""
-            parts.append(f"selection({self.detector}, {rule}{relabel}{semi})")
-        elif self.treatment == "mwnet":
-            aware = "class-aware V" if self.mwnet_class_aware else "V on the loss"
-            parts.append(f"mwnet({aware})")
-        elif self.treatment == "transition":
-            parts.append("transition")
-        loss = self.loss if self.loss == "cross_entropy" else f"{self.loss}(tau={self.tau:.2f})"
-        return " + ".join([*parts, loss])
+        name = treatment(self.treatment).describe(self)
+        if name is not None:
+            parts.append(name)
+        return " + ".join([*parts, loss_family(self.loss).describe(self)])
 
 
 # The reference designs a study evaluates first (REFERENCE_DESIGNS below); TPE then explores
@@ -216,9 +198,10 @@ class DesignSpace:
     """Asks a trial for a :class:`Design` within a ``design`` config section.
 
     Optuna parameter names (a categorical with one allowed value is not asked): ``architecture``,
-    ``treatment``, ``loss`` (``mwnet_loss`` under MW-Net), ``tau`` (not with CE); ``detector``,
-    ``quantile``, ``relabel``, ``relabel_confidence`` (selection); ``mwnet_class_aware``,
-    ``mwnet_lr`` (mwnet).
+    ``treatment``, ``loss`` (``mwnet_loss`` under MW-Net), ``tau`` (not with CE); then the
+    treatment's own (design/treatments/): ``detector``, ``rule``, ``quantile``, ``relabel``,
+    ``relabel_confidence``, ``relabel_needs_prototype``, ``pseudo_label`` (selection);
+    ``mwnet_class_aware``, ``mwnet_lr`` (mwnet).
     """
 
     def __init__(self, settings: DesignConfig) -> None:
@@ -227,42 +210,18 @@ class DesignSpace:
     def suggest(self, trial: Any) -> Design:
         """Ask ``trial`` for a design (``trial.suggest_*`` only)."""
         s = self.settings
-        architecture = _categorical(trial, "architecture", s.architectures)
-        treatment = _categorical(trial, "treatment", s.treatments)
-        if treatment == "mwnet":
-            # MW-Net trains with its own method, so it does not compose with AutoBalance; its own
-            # parameter name keeps each name's choices fixed across trials (Optuna requires it).
-            loss = _categorical(trial, "mwnet_loss", _mwnet_losses(s))
-        else:
-            loss = _categorical(trial, "loss", s.losses)
-        point: dict[str, Any] = {"architecture": architecture, "treatment": treatment, "loss": loss}
-        if loss != "cross_entropy":
+        architecture = categorical(trial, "architecture", s.architectures)
+        name = categorical(trial, "treatment", s.treatments)
+        kind = treatment(name)
+        # A treatment that restricts the loss families (MW-Net: not AutoBalance) asks under its
+        # own parameter name.
+        loss = categorical(trial, *kind.loss_choices(s))
+        point: dict[str, Any] = {"architecture": architecture, "treatment": name, "loss": loss}
+        if loss_family(loss).prior_corrected:
             point["tau"] = trial.suggest_float("tau", *s.tau_range)
         else:
             point["tau"] = 0.0
-        if treatment == "selection":
-            point["detector"] = _categorical(trial, "detector", s.detectors)
-            point["rule"] = _categorical(trial, "rule", s.rules)
-            if point["rule"] == "meta_quantile":
-                point["quantile"] = trial.suggest_float("quantile", *s.quantile_range, log=True)
-            point["relabel"] = trial.suggest_categorical("relabel", [False, True])
-            if point["relabel"]:
-                point["relabel_confidence"] = trial.suggest_float(
-                    "relabel_confidence", *s.relabel_confidence_range
-                )
-                if point["detector"] == "prototype":
-                    point["relabel_needs_prototype"] = trial.suggest_categorical(
-                        "relabel_needs_prototype", [False, True]
-                    )
-            if loss != "autobalance" and len(s.pseudo_label) > 1:
-                point["pseudo_label"] = trial.suggest_categorical("pseudo_label", [False, True])
-            elif loss != "autobalance":
-                point["pseudo_label"] = s.pseudo_label[0]
-        if treatment == "mwnet":
-            point["mwnet_class_aware"] = trial.suggest_categorical(
-                "mwnet_class_aware", [False, True]
-            )
-            point["mwnet_lr"] = trial.suggest_float("mwnet_lr", 1e-4, 1e-2, log=True)
+        kind.suggest(trial, s, point)
         return Design(**point)
 
     def params(self, design: Design) -> dict[str, Any] | None:
@@ -279,47 +238,18 @@ class DesignSpace:
             params["architecture"] = design.architecture
         if len(s.treatments) > 1:
             params["treatment"] = design.treatment
-        if design.treatment == "mwnet":
-            if design.loss not in _mwnet_losses(s):
-                return None
-            if len(_mwnet_losses(s)) > 1:
-                params["mwnet_loss"] = design.loss
-        elif len(s.losses) > 1:
-            params["loss"] = design.loss
-        if design.loss != "cross_entropy":
+        kind = treatment(design.treatment)
+        name, losses = kind.loss_choices(s)
+        if design.loss not in losses:
+            return None
+        if len(losses) > 1:
+            params[name] = design.loss
+        if loss_family(design.loss).prior_corrected:
             if not s.tau_range[0] <= design.tau <= s.tau_range[1]:
                 return None
             params["tau"] = design.tau
-        if design.treatment == "mwnet":
-            params["mwnet_class_aware"] = bool(design.mwnet_class_aware)
-            params["mwnet_lr"] = design.mwnet_lr
-        if design.treatment == "selection":
-            if design.detector not in s.detectors or design.rule not in s.rules:
-                return None
-            if len(s.detectors) > 1:
-                params["detector"] = design.detector
-            if len(s.rules) > 1:
-                params["rule"] = design.rule
-            if design.rule == "meta_quantile":
-                if design.quantile is None:
-                    return None
-                if not s.quantile_range[0] <= design.quantile <= s.quantile_range[1]:
-                    return None
-                params["quantile"] = design.quantile
-            params["relabel"] = bool(design.relabel)
-            if design.relabel:
-                params["relabel_confidence"] = design.relabel_confidence
-                if design.detector == "prototype":
-                    params["relabel_needs_prototype"] = bool(design.relabel_needs_prototype)
-                elif design.relabel_needs_prototype:
-                    return None
-            if design.loss != "autobalance":
-                if bool(design.pseudo_label) not in s.pseudo_label:
-                    return None
-                if len(s.pseudo_label) > 1:
-                    params["pseudo_label"] = bool(design.pseudo_label)
-            elif design.pseudo_label:
-                return None
+        if not kind.params(design, s, params):
+            return None
         return params
 
     def describe(self) -> dict[str, Any]:
@@ -337,17 +267,3 @@ class DesignSpace:
                 "tau_range",
             },
         )
-
-
-_Choice = TypeVar("_Choice", bound=str)
-
-
-def _categorical(trial: Any, name: str, choices: Sequence[_Choice]) -> _Choice:
-    """A categorical parameter, asked only when there is a choice (TPE then ignores constants)."""
-    if len(choices) == 1:
-        return choices[0]
-    return trial.suggest_categorical(name, list(choices))
-
-
-def _mwnet_losses(settings: DesignConfig) -> list[LossFamily]:
-    return [loss for loss in settings.losses if loss != "autobalance"] or ["logit_adjustment"]

@@ -1,0 +1,37 @@
+"""Treatment ``transition``: forward correction (Patrini et al. 2017) with the transition matrix
+T̂ estimated from the probe (methods/glc), composed with the loss family's prior correction at the
+estimated clean prior."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autorobust.design.loss_families import DesignLoss
+from autorobust.design.treatments import NoiseTreatment
+
+if TYPE_CHECKING:
+    from autorobust.design.space import Design
+
+
+class Transition(NoiseTreatment):
+    """Forward correction; needs the noise model file."""
+
+    name = "transition"
+
+    def configure(
+        self,
+        raw: dict[str, Any],
+        design: Design,
+        *,
+        loss: DesignLoss,
+        noise_model_file: Path | None,
+        relabel_file: Path | None,
+    ) -> None:
+        if noise_model_file is None:
+            raise ValueError("a transition design needs the noise model file")
+        raw["loss"] = {
+            "name": "forward_corrected",
+            "options": {"noise_model_file": str(noise_model_file), "tau": loss.prior_tau(design)},
+        }
+        loss.with_transition(raw, noise_model_file)
