@@ -51,6 +51,7 @@ from autorobust.design.scoring import (
     weighted_difference,
 )
 from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
+from autorobust.design.treatments import treatment
 from autorobust.errors import AutorobustError
 from autorobust.experiment import RunResult, build_splits, load_best_model, train_run
 from autorobust.methods.csnas.darts.genotype import check_genotype_files
@@ -62,7 +63,6 @@ from autorobust.methods.glc.noise_model import (
 )
 from autorobust.methods.sample_selection import (
     ProbeOutputs,
-    SelectionConfig,
     run_probe_outputs,
     run_selection,
 )
@@ -235,23 +235,13 @@ def noise_model_report(state: DesignRun) -> dict[str, Any]:
 
 
 def _design_splits(state: DesignRun, design: Design) -> tuple[Splits, Path | None]:
-    """The splits a design trains on: the pool, or its selection (written once)."""
-    if design.treatment != "selection":
+    """The splits a design trains on: the pool, or its treatment's selection (written once)."""
+    settings = treatment(design.treatment).selection(design)
+    if settings is None:
         return state.splits, None
     assert state.probe is not None
     path = state.selection_file(design)
     if not path.is_file():
-        settings = SelectionConfig(
-            detector=design.detector or "posterior",
-            rule=design.rule,
-            rule_options={"q": design.quantile} if design.rule == "meta_quantile" else {},
-            relabel=bool(design.relabel),
-            relabel_confidence=design.relabel_confidence or 0.9,
-            relabel_needs_prototype=design.relabel_needs_prototype,
-            # Weight 1: measured on Fashion-MNIST, confidence weights did not help (78.2% against
-            # 78.4% balanced), and AutoBalance's and MW-Net's trainers take no sample weights.
-            relabel_weight="one",
-        )
         run_selection(
             state.probe,
             settings,
@@ -517,7 +507,7 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         for design in REFERENCE_DESIGNS:
             if design in tried or space.params(design) is None:
                 continue
-            if design.treatment == "transition" and _noise_model_rejected(state):
+            if treatment(design.treatment).needs_noise_model and _noise_model_rejected(state):
                 continue  # with T̂ = I and the observed counts it is the probe's recipe again
             cost = _rung_costs(state, design)
             if finished == 0 or spent + cost[0] + _reserve(state, done, cost[1]) <= budget:

@@ -26,6 +26,7 @@ from autorobust.design.loss_families import DesignLoss
 if TYPE_CHECKING:
     from autorobust.design.config import DesignConfig
     from autorobust.design.space import Design
+    from autorobust.methods.sample_selection.config import SelectionConfig
 
 __all__ = ["NoiseTreatment", "categorical", "treatment", "treatments"]
 
@@ -37,10 +38,13 @@ class NoiseTreatment:
         name: the name a design stores (``Design.treatment``) and ``design.treatments`` lists.
         fits_meta: whether training fits something on the clean meta set besides selecting the
             epoch (MW-Net's V).
+        needs_noise_model: whether the design's config reads the noise model file (with the
+            noise model rejected, T̂ = I and the observed counts, it adds nothing).
     """
 
     name: str
     fits_meta: bool = False
+    needs_noise_model: bool = False
 
     def cost_factor(self, design: Design) -> float:
         """Nominal cost of one sample-epoch of ``design`` relative to plain training, for the
@@ -52,6 +56,11 @@ class NoiseTreatment:
         restricts them asks under its own name, so that each name's choices stay fixed across
         trials (Optuna requires it)."""
         return "loss", list(settings.losses)
+
+    def selection(self, design: Design) -> SelectionConfig | None:
+        """How the pool is selected (and relabelled) from the probe's outputs before ``design``
+        trains on it (the relabel file its config reads); None: it trains on the pool."""
+        return None
 
     def configure(
         self,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from autorobust.design.loss_families import DesignLoss, loss_family
 from autorobust.design.treatments import NoiseTreatment, categorical
+from autorobust.methods.sample_selection.config import SelectionConfig
 
 if TYPE_CHECKING:
     from autorobust.design.config import DesignConfig
@@ -35,6 +36,19 @@ class Selection(NoiseTreatment):
 
     def cost_factor(self, design: Design) -> float:
         return PSEUDO_LABEL_COST_FACTOR if design.pseudo_label else 1.0
+
+    def selection(self, design: Design) -> SelectionConfig | None:
+        return SelectionConfig(
+            detector=design.detector or "posterior",
+            rule=design.rule,
+            rule_options={"q": design.quantile} if design.rule == "meta_quantile" else {},
+            relabel=bool(design.relabel),
+            relabel_confidence=design.relabel_confidence or 0.9,
+            relabel_needs_prototype=design.relabel_needs_prototype,
+            # Weight 1: measured on Fashion-MNIST, confidence weights did not help (78.2% against
+            # 78.4% balanced), and AutoBalance's and MW-Net's trainers take no sample weights.
+            relabel_weight="one",
+        )
 
     def configure(
         self,

@@ -18,6 +18,7 @@ class Transition(NoiseTreatment):
     """Forward correction; needs the noise model file."""
 
     name = "transition"
+    needs_noise_model = True
 
     def configure(
         self,
