@@ -6,7 +6,13 @@ design, searched with TPE under a compute budget and scored on the clean meta se
 
 - ``config.py``: the ``design`` config section (a leaf);
 - ``space.py``: :class:`Design` and the TPE space over designs;
+- ``treatments/``: one module per noise treatment (``none``, ``transition``, ``selection``,
+  ``mwnet``) behind :class:`~autorobust.design.treatments.NoiseTreatment`;
+- ``loss_families.py``: the loss families (``cross_entropy``, ``logit_adjustment``,
+  ``autobalance``);
+- ``run_config.py``: :func:`design_run_config`, the config that trains a design;
 - ``scoring.py``: the balanced meta log-loss, paired standard errors, the one-SE choice;
-- ``pipeline.py``: :func:`run_design`: probe -> noise model -> study -> choice -> retraining;
+- ``pipeline.py``: :func:`run_design`'s stages: probe -> noise model -> study -> choice ->
+  retraining;
 - ``report.py``: ``design.md`` and its plots.
 """
