@@ -100,7 +100,8 @@ def grid_table(rows: list[dict], budget: float) -> str:
 def chosen_table(rows: list[dict], budget: float) -> str:
     """The design chosen per (ρ, noise, seed), its trials and the budget it used."""
     lines = [
-        "| ρ | noise | seed | design kept (a \\| b: the finalists' ensemble) | trials | budget used |",
+        "| ρ | noise | seed | design kept (a \\| b: the finalists' ensemble) | trials "
+        "| budget used |",
         "|---|---|---|---|---|---|",
     ]
     for rho, noise in _cells(rows):
@@ -218,9 +219,10 @@ def targets(rows: list[dict], budget: float) -> list[str]:
             best = max(means, key=means.get)
             # Issue 19: a point above the best single method where that method is more than a
             # point below the perfect filter (there is room), at least equal to it elsewhere.
-            room = bool(oracle) and np.mean(
-                [r["balanced_accuracy"] for r in oracle]
-            ) - means[best] > 0.01
+            room = (
+                bool(oracle)
+                and np.mean([r["balanced_accuracy"] for r in oracle]) - means[best] > 0.01
+            )
             wanted = means[best] + (0.01 if room else 0.0)
             if mine < wanted - 1e-12:
                 beaten.append(
