@@ -356,3 +356,15 @@ def test_a_bad_genotype_file_is_refused_before_anything_is_written(tmp_path: Pat
     with pytest.raises(AutorobustError, match=r"^design\.architectures: .*bad\.json: "):
         run_design(config)
     assert not (tmp_path / "g").exists()
+
+
+def test_the_budget_counts_a_proposal_at_the_costliest_design_of_the_space() -> None:
+    from autorobust.design.config import DesignConfig
+
+    # Cross-fitted AutoBalance trains twice at 1.3 at the first rung; a selection with
+    # pseudo-labels costs 2.3 per sample-epoch in its continuation.
+    assert pipeline._costliest_factors(DesignConfig()) == pytest.approx((2.6, 2.3))
+    assert pipeline._costliest_factors(DesignConfig(cross_fit=False)) == pytest.approx((2.3, 2.3))
+    plain = DesignConfig(treatments=["none", "selection"], pseudo_label=[False],
+                         losses=["logit_adjustment"])  # fmt: skip
+    assert pipeline._costliest_factors(plain) == (1.0, 1.0)

@@ -41,6 +41,7 @@ from autorobust.config import ExperimentConfig
 from autorobust.data.relabel import read_relabel_file
 from autorobust.data.splits import Splits, TrainingPool, apply_relabel_file
 from autorobust.data.tensors import images_to_tensor, resolve_device
+from autorobust.design.config import DesignConfig
 from autorobust.design.run_config import PROBE_DESIGN, design_run_config
 from autorobust.design.scoring import (
     ScoredDesign,
@@ -448,7 +449,7 @@ def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> f
     refit = 0.0
     if state.config.design.refit:  # the chosen design trained once more, on pool and meta set
         total = len(state.splits.train) + len(state.splits.meta)
-        refit = total * state.config.train.epochs * Design(loss="autobalance").cost_factor
+        refit = total * state.config.train.epochs * _costliest_factors(state.config.design)[1]
     reserve = float(sum(costs)) + refit
     if continuation is None:
         return reserve
@@ -458,6 +459,23 @@ def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> f
     if not replaceable:
         return reserve
     return reserve + max(0.0, continuation - min(replaceable))
+
+
+def _costliest_factors(settings: DesignConfig) -> tuple[float, float]:
+    """Cost factors (per sample-epoch, over plain training) of the costliest design the space
+    holds: (at the first rung, where a cross-fitted design trains twice; in its continuation).
+    An upper bound for a design not yet proposed (a selection is counted on the whole pool)."""
+    candidates = [
+        Design(treatment=treatment, loss=loss, pseudo_label=pseudo)
+        for treatment in settings.treatments
+        for loss in settings.losses
+        for pseudo in (settings.pseudo_label if treatment == "selection" else [False])
+        # MW-Net trains with its own method, and pseudo-labels with theirs: not with AutoBalance.
+        if loss != "autobalance" or (treatment != "mwnet" and not pseudo)
+    ]
+    cross_fit = 2.0 if settings.cross_fit else 1.0
+    first = max(d.cost_factor * (cross_fit if d.fits_meta else 1.0) for d in candidates)
+    return max(first, 1.0), max(max(d.cost_factor for d in candidates), 1.0)
 
 
 def _noise_model_rejected(state: DesignRun) -> bool:
@@ -483,14 +501,12 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         directions=("minimize",),
     )  # fmt: skip
     budget = settings_cfg.budget * state.reference_cost
-    # A TPE proposal may be the costliest design: AutoBalance, cross-fitted.
-    costliest = Design(loss="autobalance")
+    # A TPE proposal may be the costliest design the space holds.
+    first_rung, continuation = _costliest_factors(settings_cfg)
     worst = (
-        len(state.splits.train) * state.trial_epochs * costliest.cost_factor
-        * (2 if settings_cfg.cross_fit else 1),
-        len(state.splits.train) * (state.config.train.epochs - state.trial_epochs)
-        * costliest.cost_factor,
-    )  # fmt: skip
+        len(state.splits.train) * state.trial_epochs * first_rung,
+        len(state.splits.train) * (state.config.train.epochs - state.trial_epochs) * continuation,
+    )
     objective = _objective(state, space)
     study = open_study(dataclasses.replace(settings, n_trials=1), state.run_dir)
     while True:
