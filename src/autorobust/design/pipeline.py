@@ -1,24 +1,26 @@
-"""``autorobust design``: search a composed design under a compute budget, then retrain it.
+"""``autorobust design``: search a composed design under a compute budget and keep the best.
 
-The stages, each resumable (rerunning the command continues where it stopped):
+The stages, each resumable (rerunning the command continues where it stopped; every run is
+trained on the schedule of ``train.epochs``, paused and continued from its checkpoint):
 
-1. **Probe.** The configured model is trained with logit adjustment on the noisy pool for
+1. **Probe.** The reference design (logit adjustment on the noisy pool) trained for the first
    ``design.probe_epochs`` epochs (``run_dir/probe``). Its outputs on the pool and the clean meta
-   set feed everything else, and it is itself the first design (no treatment, logit adjustment).
-2. **Noise model.** The transition matrix T̂ and the clean class counts n̂ are estimated from the
-   probe (:mod:`autorobust.methods.glc`); ``noise_model.json``, and in a simulated shift the
-   estimation error.
-3. **Study.** TPE (the one search runner) proposes designs — architecture x noise treatment x loss
-   family (:mod:`~autorobust.design.space`) — each trained for ``design.trial_epochs`` epochs in
-   ``trials/trial-NNNN`` through :func:`~autorobust.experiment.train_run` and scored on the clean
-   meta set only, by ``design.score`` (default: the temperature-calibrated balanced meta
-   log-loss; :mod:`~autorobust.design.scoring`). The study stops when the next trial would leave
-   too little of ``design.budget`` for the retraining.
-4. **Choice.** The simplest design within one standard error of the best.
-5. **Retraining** of the chosen design for ``train.epochs`` epochs in ``run_dir/best``, measured on
-   the test split; with ``design.reference_final``, also the reference design (the probe's recipe)
-   in ``run_dir/reference``, the simpler kept unless the chosen one beats it by one standard error
-   at full epochs. Then **the report** (``design.md``, ``design.json``, plots).
+   set (and its training dynamics) feed the detectors and the noise model.
+2. **Noise model.** T̂ and the clean class counts n̂ from the probe (:mod:`autorobust.methods.glc`),
+   checked against their bootstrap spread and shrunk towards no noise (``noise_model.json``); in
+   a simulated shift, the estimation error.
+3. **Study, first rung.** The reference designs, then TPE's proposals (architecture x noise
+   treatment x loss family, :mod:`~autorobust.design.space`), each trained for the first
+   ``design.trial_epochs`` epochs in ``trials/trial-NNNN`` through
+   :func:`~autorobust.experiment.train_run` and scored on the clean meta set only, by
+   ``design.score`` (:mod:`~autorobust.design.scoring`). A design that fits on the meta set is
+   cross-fitted over its two halves. The study stops when the next trial would leave too little
+   of ``design.budget`` for the finalists' continuation (and the refit).
+4. **Finalists.** The ``design.finalists`` best continue to ``train.epochs``; the simplest within
+   one standard error of the best there is kept, or their ensemble where it is not worse
+   (``design.ensemble``); it becomes ``run_dir/best``, measured on the test split.
+5. **Refit** (``design.refit``): the kept single design trained again on the pool plus the meta
+   images (``run_dir/refit``). Then **the report** (``design.md``, ``design.json``, plots).
 """
 
 from __future__ import annotations
@@ -384,7 +386,7 @@ def _start_from_probe(state: DesignRun, design: Design, fits: list[_Fit]) -> int
 def _rung_costs(state: DesignRun, design: Design) -> tuple[float, float]:
     """(sample-epochs of a trial of ``design`` at the first rung, of its continuation to
     ``train.epochs``); the continuation is its first fit's alone."""
-    fits = _fits(state, design, state.run_dir / "trials" / "unused")
+    fits = _fits(state, design, state.run_dir / "trials" / "cost-estimate")  # nothing is trained
     start = state.probe_epochs if design == PROBE_DESIGN else 0
     first = _sample_epochs(design, fits, max(state.trial_epochs - start, 0))
     rest = _sample_epochs(design, fits[:1], state.config.train.epochs - state.trial_epochs)
