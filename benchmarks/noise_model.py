@@ -38,21 +38,18 @@ from pathlib import Path
 from typing import Any
 
 from _common import add_update_docs_flag, run_jobs, write_results
-from _noise_aware_units import head_to_tail_matrix
+from _noise_aware_units import NOISES as UNIT_NOISES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- noise-model-benchmark:start -->", "<!-- noise-model-benchmark:end -->")
 PROBES = ("cross_entropy", "logit_adjustment")
 ESTIMATORS = ("glc", "confusion", "confusion_corrected", "confusion_shrunk")
 CHECKED = ("checked", "checked_pool")
+# The noise-aware benchmark's noises, under this benchmark's names.
 NOISES: dict[str, list[str]] = {
-    "symmetric": ["shift.noise=symmetric", "shift.noise_rate=0.4"],
-    "pair": ["shift.noise=pair", "shift.noise_rate=0.4"],
-    "h2t": [
-        "shift.noise=matrix",
-        "shift.noise_rate=0",
-        f"shift.noise_matrix={json.dumps(head_to_tail_matrix())}",
-    ],
+    "symmetric": UNIT_NOISES["sym40"],
+    "pair": UNIT_NOISES["pair40"],
+    "h2t": UNIT_NOISES["h2t40"],
 }
 
 
