@@ -31,7 +31,6 @@ every estimate is written as a noise model file (``NOISE_SEED_PROBE_ESTIMATOR.js
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
