@@ -37,6 +37,7 @@ KEY_FIELDS = (
     "method", "rho", "noise", "seed", "epochs", "n_max", "budget", "mwnet_step", "device",
     "design_score",  # design.score of a design unit (rows without it scored the raw log-loss)
     "reference_final",  # design.reference_final of a design unit
+    "design_refit",  # design.refit of a design unit (rows without it ran with refit off)
     "design_version",  # design_version(): the default space and reference designs it ran with
 )  # fmt: skip
 MWNET_STEPS = {
@@ -91,6 +92,8 @@ def design_version() -> str:
 
 def unit_key(row: dict[str, Any]) -> str:
     """The identity of a unit as a string (what --resume compares)."""
+    if row.get("method") == "design" and row.get("design_refit") is None:
+        row = {**row, "design_refit": False}  # measured before design.refit existed
     return json.dumps([row.get(field) for field in KEY_FIELDS])
 
 
@@ -200,6 +203,7 @@ def _run_method(job: dict[str, Any], run_dir: str) -> dict[str, Any]:
             f"design.budget={job['budget']}",
             f"design.score={job['design_score']}",
             f"design.reference_final={str(bool(job['reference_final'])).lower()}",
+            f"design.refit={str(bool(job.get('design_refit'))).lower()}",
         ]
         config = load_config(BASE, [*overrides, *design])
         outcome = run_design(config, default_study_name="noise-aware-benchmark")

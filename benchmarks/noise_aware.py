@@ -149,6 +149,7 @@ def build_jobs(args: argparse.Namespace) -> list[dict]:
             "mwnet_step": args.mwnet_step if method == "mwnet_la" else None,
             "design_score": args.design_score if method == "design" else None,
             "reference_final": args.reference_final if method == "design" else None,
+            "design_refit": args.design_refit == "on" if method == "design" else None,
             "design_version": version if method == "design" else None,
         }
 
@@ -234,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reference-final",
         action="store_true",
         help="design.reference_final of the design units (train the reference in full too)",
+    )
+    parser.add_argument(
+        "--design-refit",
+        choices=["on", "off"],
+        default="on",
+        help="design.refit of the design units (the kept design trained again with the meta set)",
     )
     add_run_arguments(parser, RESULTS)
     parser.add_argument("--resume", action="store_true", help="skip units already in the jsonl")
