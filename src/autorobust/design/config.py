@@ -119,7 +119,14 @@ class DesignConfig(StrictModel):
     """Once the design is chosen, train it again from scratch for ``train.epochs`` on the pool
     plus the clean meta images (scikit-learn's ``refit``; ``run_dir/refit``), which then is the
     design's model; ``best/`` stays for comparison. The meta images then both train the model
-    and select its epoch. Off by default: docs/benchmarks.md has what it was measured to do."""
+    and select its epoch; the budget keeps the refit free (at the cost factor of the costliest
+    finalist). Off by default. Measured on Fashion-MNIST, ρ = 100, 40% symmetric noise, 10 meta
+    images per class: with 1,500 images per class before the tail and 10 epochs (3 seeds) the
+    refit raised the kept design's balanced test accuracy from 61.0% to 67.1% on average (worst
+    class 7.4% to 8.0%): there the 10 meta images of a class are a large share of its clean
+    images. On the whole pool with 15 epochs (seed 0) it raised it from 76.3% to 78.4%, but the
+    budget it reserves left fewer trials, and the design with it (78.4%) was below the design
+    without it (78.9%)."""
     reference_final: bool = False
     """Make the reference design (no treatment, logit adjustment: the probe's recipe) one of the
     finalists whatever its first-rung score, so that it is always compared at ``train.epochs``

@@ -443,15 +443,21 @@ def _finalists(state: DesignRun, done: list[Any]) -> list[Any]:
     return ranked[:count]
 
 
-def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> float:
+def _reserve(
+    state: DesignRun, done: list[Any], continuation: float | None, factor: float = 1.0
+) -> float:
     """Sample-epochs to keep free for the finalists' continuation (and the refit), if the next
-    trial (whose continuation costs ``continuation``; None: no next trial) may become one of
-    the finalists."""
-    costs = [t.user_attrs["continuation_sample_epochs"] for t in _finalists(state, done)]
+    trial (whose continuation costs ``continuation`` and whose cost factor is ``factor``; None:
+    no next trial) may become one of the finalists."""
+    finalists = _finalists(state, done)
+    costs = [t.user_attrs["continuation_sample_epochs"] for t in finalists]
     refit = 0.0
-    if state.config.design.refit:  # the chosen design trained once more, on pool and meta set
+    if state.config.design.refit:  # the kept design, a finalist, trained on pool and meta set
+        factors = [Design.from_dict(t.user_attrs["design"]).cost_factor for t in finalists]
+        if continuation is not None:
+            factors.append(factor)
         total = len(state.splits.train) + len(state.splits.meta)
-        refit = total * state.config.train.epochs * _costliest_factors(state.config.design)[1]
+        refit = total * state.config.train.epochs * max(factors, default=1.0)
     reserve = float(sum(costs)) + refit
     if continuation is None:
         return reserve
@@ -504,10 +510,12 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
     )  # fmt: skip
     budget = settings_cfg.budget * state.reference_cost
     # A TPE proposal may be the costliest design the space holds.
-    first_rung, continuation = _costliest_factors(settings_cfg)
+    first_rung, continuation_factor = _costliest_factors(settings_cfg)
     worst = (
         len(state.splits.train) * state.trial_epochs * first_rung,
-        len(state.splits.train) * (state.config.train.epochs - state.trial_epochs) * continuation,
+        len(state.splits.train)
+        * (state.config.train.epochs - state.trial_epochs)
+        * continuation_factor,
     )
     objective = _objective(state, space)
     study = open_study(dataclasses.replace(settings, n_trials=1), state.run_dir)
@@ -528,12 +536,14 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
             if treatment(design.treatment).needs_noise_model and _noise_model_rejected(state):
                 continue  # with T̂ = I and the observed counts it is the probe's recipe again
             cost = _rung_costs(state, design)
-            if finished == 0 or spent + cost[0] + _reserve(state, done, cost[1]) <= budget:
+            reserve = _reserve(state, done, cost[1], design.cost_factor)
+            if finished == 0 or spent + cost[0] + reserve <= budget:
                 first = design
                 break
             cost = worst  # this reference does not fit: the next one may
         if first is None and (
-            finished == 0 or spent + worst[0] + _reserve(state, done, worst[1]) > budget
+            finished == 0
+            or spent + worst[0] + _reserve(state, done, worst[1], continuation_factor) > budget
         ):
             break
         study = run_study(
