@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(overrides design.budget; default 3)",
     )
     design.add_argument(
-        "--no-retrain", action="store_true", help="skip retraining the chosen design"
+        "--no-retrain",
+        action="store_true",
+        help="stop after the first rung: no finalist continues to train.epochs, no test split",
     )
 
     commands.add_parser("datasets", help="list data sources and whether their files are present")
@@ -341,9 +343,11 @@ def _command_design(args: argparse.Namespace) -> int:
     )
     print(f"chosen design: {outcome.chosen['name']}")
     if outcome.final and outcome.final != outcome.chosen["name"]:
-        print(f"kept the reference design at full epochs instead: {outcome.final}")
+        # The finalists' ensemble (their names joined by " | ") was kept instead.
+        print(f"kept the finalists' ensemble: {outcome.final}")
     if outcome.retrained is not None:
-        _print_test_summary("retrained design", outcome.retrained.metrics)
+        _print_test_summary("design", outcome.retrained.metrics)
+        print(f"the design's model: {outcome.retrained.run_dir} (autorobust predict / export)")
     print(f"wrote {outcome.report}")
     return 0
 
