@@ -70,7 +70,12 @@ from autorobust.methods.sample_selection import (
     run_selection,
 )
 from autorobust.search.common import finish_study, search_settings, trial_dir
-from autorobust.search.runner import open_study, run_study, study_state_counts
+from autorobust.search.runner import (
+    open_study,
+    run_study,
+    study_state_counts,
+    take_over_trial_dir,
+)
 from autorobust.train.calibration import softmax
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint, predict
@@ -399,7 +404,10 @@ def _objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
         trial.set_user_attr("design", design.to_dict())
         trial.set_user_attr("name", design.describe())
         started = time.process_time()
-        fits = _fits(state, design, trial_dir(state.run_dir, trial.number))
+        directory = trial_dir(state.run_dir, trial.number)
+        # A retry of a trial whose worker died takes over its folder and resumes its runs there.
+        take_over_trial_dir(trial, directory, lambda number: trial_dir(state.run_dir, number))
+        fits = _fits(state, design, directory)
         start = _start_from_probe(state, design, fits)
         for fit in fits:
             _train_until(fit.config, fit.splits, state.trial_epochs)
