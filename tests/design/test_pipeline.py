@@ -368,3 +368,48 @@ def test_the_budget_counts_a_proposal_at_the_costliest_design_of_the_space() -> 
     plain = DesignConfig(treatments=["none", "selection"], pseudo_label=[False],
                          losses=["logit_adjustment"])  # fmt: skip
     assert pipeline._costliest_factors(plain) == (1.0, 1.0)
+
+
+def test_a_killed_trial_is_resumed_by_its_retry_not_trained_again(tmp_path: Path) -> None:
+    """A worker killed (SIGKILL-like: no cleanup, no heartbeat) during the second reference
+    design: the rerun resumes that trial in its folder, and no design is trained twice."""
+    import subprocess
+    import sys
+    import textwrap
+
+    overrides = [f"run_dir={tmp_path / 'k'}", *SMALL, "search.heartbeat_interval=1"]
+    child = textwrap.dedent(
+        f"""
+        import os
+        import autorobust.design.pipeline as pipeline
+        from autorobust.config import load_config
+
+        train_until, calls = pipeline._train_until, []
+
+        def dies_in_the_second_trial(config, splits, until, **kwargs):
+            calls.append(config.run_dir)
+            if len(calls) == 3 and until == 2:  # the probe, trial 0, then trial 1 half-way
+                train_until(config, splits, 1)  # one epoch checkpointed, then the kill
+                os._exit(9)
+            return train_until(config, splits, until, **kwargs)
+
+        pipeline._train_until = dies_in_the_second_trial
+        pipeline.run_design(load_config("demo", {overrides!r}))
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    dead = tmp_path / "k" / "trials" / "trial-0001"
+    assert load_checkpoint(dead / "checkpoint.pt")["epoch"] == 1
+    run_design(load_config("demo", overrides))
+    summary = json.loads((tmp_path / "k" / "design.json").read_text())
+    names = [row["name"] for row in summary["trials"]]
+    assert len(names) == len(set(names))  # no design trained twice
+    import optuna
+
+    study = optuna.load_study(
+        study_name="design", storage=f"sqlite:///{tmp_path / 'k' / 'study.db'}"
+    )
+    retried = [t for t in study.trials if t.user_attrs.get("resumed_from_trial") == 1]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    assert not dead.exists()  # its folder was taken over

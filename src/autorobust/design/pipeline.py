@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from optuna.trial import TrialState
 
 from autorobust._io import atomic_write, write_json
 from autorobust.config import ExperimentConfig
@@ -72,6 +73,7 @@ from autorobust.methods.sample_selection import (
 from autorobust.search.common import finish_study, search_settings, trial_dir
 from autorobust.search.runner import (
     open_study,
+    retry_dead_trials,
     run_study,
     study_state_counts,
     take_over_trial_dir,
@@ -434,8 +436,6 @@ def _meta_losses(trial: Any) -> np.ndarray:
 
 
 def _finished_trials(study: Any) -> list[Any]:
-    from optuna.trial import TrialState
-
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
@@ -538,7 +538,13 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
             break
         tried = [Design.from_dict(t.user_attrs["design"]) for t in done]
         first, cost = None, worst
-        for design in REFERENCE_DESIGNS:
+        # A killed trial (still RUNNING until its heartbeat goes stale) is retried: its retry
+        # runs next and resumes in the dead trial's folder; nothing else is enqueued meanwhile,
+        # so its design is not trained a second time.
+        retries = retry_dead_trials(study) or study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,)
+        )
+        for design in [] if retries else REFERENCE_DESIGNS:
             if design in tried or space.params(design) is None:
                 continue
             if treatment(design.treatment).needs_noise_model and _noise_model_rejected(state):
@@ -549,9 +555,13 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
                 first = design
                 break
             cost = worst  # this reference does not fit: the next one may
-        if first is None and (
-            finished == 0
-            or spent + worst[0] + _reserve(state, done, worst[1], continuation_factor) > budget
+        if (
+            not retries
+            and first is None
+            and (
+                finished == 0
+                or spent + worst[0] + _reserve(state, done, worst[1], continuation_factor) > budget
+            )
         ):
             break
         study = run_study(

@@ -95,6 +95,7 @@ __all__ = [
     "redact_url",
     "remove_partial_writes",
     "retried_trial_numbers",
+    "retry_dead_trials",
     "run_study",
     "study_state_counts",
     "take_over_trial_dir",
@@ -558,6 +559,15 @@ def _fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def retry_dead_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail the running trials of dead workers (no heartbeat for the grace period) and queue
+    their retries (``max_retry``); return the queued (WAITING) trials, which the next
+    :func:`run_study` runs first. A caller that enqueues trials of its own (the design's
+    reference designs) calls this first, so that a killed trial is resumed, not repeated."""
+    _fail_stale_trials(study)
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
 def _heartbeat_storage(study: optuna.Study) -> HeartbeatFromStartStorage | None:
