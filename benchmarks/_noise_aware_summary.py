@@ -100,13 +100,12 @@ def grid_table(rows: list[dict], budget: float) -> str:
 def chosen_table(rows: list[dict], budget: float) -> str:
     """The design chosen per (ρ, noise, seed), its trials and the budget it used."""
     lines = [
-        "| ρ | noise | seed | design kept (a \\| b: the finalists' ensemble) | trials "
-        "| budget used |",
+        "| ρ | noise | seed | design kept | trials | budget used |",
         "|---|---|---|---|---|---|",
     ]
     for rho, noise in _cells(rows):
         for r in sorted(_group(rows, rho, noise, "design", budget), key=lambda r: r["seed"]):
-            # The final design: the kept finalist, or the finalists' ensemble ("a | b").
+            # The final design: the kept finalist, or the finalists' "ensemble(a; b)".
             final = r.get("final") or r["chosen"]
             lines.append(
                 f"| {rho:g} | {NOISE_NAMES[noise]} | {r['seed']} | {final} | "

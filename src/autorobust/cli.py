@@ -343,7 +343,7 @@ def _command_design(args: argparse.Namespace) -> int:
     )
     print(f"chosen design: {outcome.chosen['name']}")
     if outcome.final and outcome.final != outcome.chosen["name"]:
-        # The finalists' ensemble (their names joined by " | ") was kept instead.
+        # The finalists' ensemble, "ensemble(a; b)", was kept instead.
         print(f"kept the finalists' ensemble: {outcome.final}")
     if outcome.retrained is not None:
         _print_test_summary("design", outcome.retrained.metrics)

@@ -65,14 +65,14 @@ def run_demo(run_dir: Path, *, progress: bool = True, threads: int | str | None 
     assert outcome.retrained is not None  # retrain=True
     best_loss = outcome.best["params"]["loss"]
     rows.append(_row(f"searched ({best_loss})", outcome.retrained.metrics))
-    print("designing: probe, noise model, a study of composed designs, retraining ...")
+    print("designing: probe, noise model, a study of composed designs, finalists ...")
     design_config = config.model_copy(update={"run_dir": str(run_dir / "design")})
     started = time.perf_counter()
     designed = run_design(design_config, default_study_name="demo-design", splits=splits)
     assert designed.retrained is not None  # retrain=True
     metrics = dict(designed.retrained.metrics)
     metrics["run"] = {**metrics["run"], "wall_time_s": time.perf_counter() - started}
-    rows.append(_row(f"designed ({designed.chosen['name']})", metrics))
+    rows.append(_row(f"designed ({designed.final or designed.chosen['name']})", metrics))
     table = "\n".join(
         [
             "| method | balanced acc. % | worst-class acc. % | accuracy % | wall time s |",

@@ -101,10 +101,11 @@ class DesignOutcome:
     Attributes:
         run_dir: where everything is (probe, trials, study, best, report).
         chosen: the study's chosen design's summary (design, trial, score, standard error).
-        retrained: the final design trained with ``train.epochs`` (test metrics), or None.
+        retrained: the design's model at ``train.epochs`` (``best/``, or ``refit/``) with its test
+            metrics, or None without the finalists' stage.
         report: the path of ``design.md``.
-        final: the final design's name: the chosen one, or the reference design when
-            ``design.reference_final`` kept it.
+        final: the name of the design's model: the kept finalist's, or
+            ``ensemble(a; b)`` when the finalists' ensemble was kept (``best/ensemble.json``).
     """
 
     run_dir: Path
@@ -976,7 +977,9 @@ def run_design(
     write_json(run_dir / DESIGN_JSON, summary)
     report = write_report(run_dir, summary, state)
     ensemble = (final or {}).get("ensemble") or {}
-    name = " | ".join(ensemble["members"]) if ensemble.get("kept") else design.describe()
+    name = design.describe()
+    if ensemble.get("kept"):
+        name = f"ensemble({'; '.join(ensemble['members'])})"
     return DesignOutcome(
         run_dir=run_dir, chosen=chosen, retrained=retrained, report=report, final=name
     )
