@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--design-refit",
         choices=["on", "off"],
-        default="off",
+        default="on",
         help="design.refit of the design units (the kept design trained again with the meta set)",
     )
     add_run_arguments(parser, RESULTS)
