@@ -105,8 +105,11 @@ def chosen_table(rows: list[dict], budget: float) -> str:
     ]
     for rho, noise in _cells(rows):
         for r in sorted(_group(rows, rho, noise, "design", budget), key=lambda r: r["seed"]):
-            # The final design: the kept finalist, or the finalists' "ensemble(a; b)".
+            # The final design: the kept finalist, or the finalists' "ensemble(a; b)" (rows of
+            # an earlier version joined the members with " | ", which a table cannot hold).
             final = r.get("final") or r["chosen"]
+            if " | " in final:
+                final = f"ensemble({final.replace(' | ', '; ')})"
             lines.append(
                 f"| {rho:g} | {NOISE_NAMES[noise]} | {r['seed']} | {final} | "
                 f"{r['trials']} | {r['budget_used']:.2f} |"
