@@ -44,10 +44,19 @@ def run(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return run_dir, images, logits
 
 
-def by_hand(logits: np.ndarray, temperature: float) -> np.ndarray:
+def by_hand(logits: np.ndarray, temperature: float, run_dir: Path | None = None) -> np.ndarray:
+    """softmax(z / T), or with ``run_dir`` (the demo trains with cross-entropy on a long tail)
+    the posterior moved to the uniform prior: p(y | x) / π(y), renormalised, π the training
+    labels' class frequencies in data.json."""
     z = logits.astype(np.float64) / temperature
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    p = e / e.sum(axis=1, keepdims=True)
+    if run_dir is not None:
+        data = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
+        prior = np.asarray(data["train_class_counts"], dtype=np.float64)
+        p = p / (prior / prior.sum())
+        p = p / p.sum(axis=1, keepdims=True)
+    return p
 
 
 def temperature_of(run_dir: Path) -> float:
@@ -69,10 +78,13 @@ def test_load_model_gives_the_calibrated_probabilities_of_the_model_by_hand(run)
     assert loaded.image_shape == (8, 8, 1)
     assert loaded.class_names == tuple(str(i) for i in range(10))
     np.testing.assert_allclose(loaded.logits(images, batch_size=5), logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(loaded.predict_proba(images), by_hand(logits, t), atol=1e-6)
-    raw = autorobust.load_model(run_dir, calibrated=False)
-    assert raw.temperature == 1.0
+    np.testing.assert_allclose(loaded.predict_proba(images), by_hand(logits, t, run_dir), atol=1e-6)
+    raw = autorobust.load_model(run_dir, calibrated=False, balanced=False)
+    assert raw.temperature == 1.0 and raw.prior_shift is None
     np.testing.assert_allclose(raw.predict_proba(images), by_hand(logits, 1.0), atol=1e-6)
+    # Under the training prior (balanced=False) the calibrated posterior is softmax(z / T).
+    prior = autorobust.load_model(run_dir, balanced=False)
+    np.testing.assert_allclose(prior.predict_proba(images), by_hand(logits, t), atol=1e-6)
 
 
 def check_csv(path: Path, names: list[str], expected: np.ndarray) -> None:
@@ -92,7 +104,7 @@ def test_predict_an_npz(run, tmp_path: Path, capsys) -> None:
         ["predict", str(run_dir), str(tmp_path / "new.npz"), "-o", str(out), "--no-progress"]
     )
     assert code == 0 and f"wrote {out}" in capsys.readouterr().out
-    check_csv(out, [str(i) for i in range(N)], by_hand(logits, temperature_of(run_dir)))
+    check_csv(out, [str(i) for i in range(N)], by_hand(logits, temperature_of(run_dir), run_dir))
 
 
 def test_predict_an_image_folder_and_a_csv(run, tmp_path: Path) -> None:
@@ -107,7 +119,7 @@ def test_predict_an_image_folder_and_a_csv(run, tmp_path: Path) -> None:
     order = np.argsort(names)  # the folder is read in sorted path order
     out = tmp_path / "folder.csv"
     assert main(["predict", str(run_dir), str(folder), "-o", str(out), "--no-progress"]) == 0
-    expected = by_hand(logits, temperature_of(run_dir))
+    expected = by_hand(logits, temperature_of(run_dir), run_dir)
     check_csv(out, [names[i] for i in order], expected[order])
 
     listing = tmp_path / "list.csv"
@@ -115,6 +127,9 @@ def test_predict_an_image_folder_and_a_csv(run, tmp_path: Path) -> None:
     out = tmp_path / "list-out.csv"
     args = ["predict", str(run_dir), str(listing), "-o", str(out), "--image-column", "file"]
     assert main([*args, "--no-calibration", "--no-progress"]) == 0
+    check_csv(out, [f"images/{n}" for n in names], by_hand(logits, 1.0, run_dir))
+    # --no-balance: the posterior under the training labels' long-tailed prior.
+    assert main([*args, "--no-calibration", "--no-balance", "--no-progress"]) == 0
     check_csv(out, [f"images/{n}" for n in names], by_hand(logits, 1.0))
 
 

@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the raw softmax instead of the temperature fitted on the meta set",
     )
+    predict.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="for a cross-entropy-like loss, the posterior under the training labels' "
+        "long-tailed prior instead of the balanced (uniform-prior) one",
+    )
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     export = commands.add_parser(
@@ -162,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-calibration",
         action="store_true",
         help="the raw softmax instead of the temperature fitted on the meta set",
+    )
+    export.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="for a cross-entropy-like loss, the posterior under the training labels' "
+        "long-tailed prior instead of the balanced (uniform-prior) one",
     )
 
     search = commands.add_parser("search", help="search a design with Optuna")
@@ -286,6 +298,7 @@ def _command_predict(args: argparse.Namespace) -> int:
         args.output,
         device=args.device,
         calibrated=not args.no_calibration,
+        balanced=not args.no_balance,
         batch_size=args.batch_size,
         image_column=args.image_column,
         progress=not args.no_progress,
@@ -298,7 +311,11 @@ def _command_export(args: argparse.Namespace) -> int:
     from autorobust.export import export_model
 
     written = export_model(
-        args.run_dir, args.format, args.output, calibrated=not args.no_calibration
+        args.run_dir,
+        args.format,
+        args.output,
+        calibrated=not args.no_calibration,
+        balanced=not args.no_balance,
     )
     print(f"wrote {written} and {written}.json")
     return 0

@@ -64,13 +64,17 @@ class CalibratedClassifier(torch.nn.Module):
         self.register_buffer("mean", mean.to(loaded.device))
         self.register_buffer("std", std.to(loaded.device))
         self.temperature = float(loaded.temperature)
+        k = len(loaded.class_names)
+        shift = np.zeros(k) if loaded.prior_shift is None else loaded.prior_shift
+        self.shift: torch.Tensor
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).to(loaded.device))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, C) pixel values 0..255 -> float32 (N, K) ``softmax(z / T)``."""
         x = images.permute(0, 3, 1, 2).float() / 255.0
         x = (x - self.mean) / self.std
         logits = self.model(x).float()
-        return torch.softmax(logits / self.temperature, dim=1)
+        return torch.softmax(logits / self.temperature + self.shift, dim=1)
 
 
 class EnsembleClassifier(torch.nn.Module):
@@ -211,7 +215,7 @@ def _describe(
             }
             for m in loaded.members
         ]
-        for key in ("temperature", "normalization"):
+        for key in ("temperature", "normalization", "prior_shift"):
             del described[key]
         described["run_dir"] = str(loaded.run_dir)
         return described
@@ -231,10 +235,12 @@ def _describe(
             "name": "probabilities",
             "dtype": "float32",
             "shape": ["N", len(loaded.class_names)],
-            "values": "calibrated class probabilities softmax(z / T), classes in class_names "
+            "values": "calibrated class probabilities softmax(z / T + prior_shift), classes in "
+            "class_names "
             "order, each row summing to 1",
         },
         "temperature": loaded.temperature,
+        "prior_shift": None if loaded.prior_shift is None else loaded.prior_shift.tolist(),
         "normalization": {"mean": list(loaded.normalize.mean), "std": list(loaded.normalize.std)},
         "check": {
             "images": _CHECK_IMAGES,
@@ -254,6 +260,7 @@ def export_model(
     output: str | Path | None = None,
     *,
     calibrated: bool = True,
+    balanced: bool = True,
 ) -> Path:
     """Export the finished run in ``run_dir`` as one file taking uint8 images and giving
     calibrated class probabilities (see the module docstring), plus ``FILE.json`` beside it.
@@ -263,6 +270,8 @@ def export_model(
         export_format: "onnx" or "pt2".
         output: the file to write; default ``model.onnx`` / ``model.pt2`` in the current folder.
         calibrated: divide the logits by the run's temperature (False: T = 1).
+        balanced: include the shift to the uniform-prior posterior of a long-tailed loss
+            (:func:`autorobust.load_model`).
 
     Returns:
         The path of the model file (its description is that path + ``.json``).
@@ -279,7 +288,7 @@ def export_model(
     if export_format == "onnx":
         _require_onnx()
     path = Path(output if output is not None else f"model.{export_format}").expanduser()
-    loaded = load_model(run_dir, device="cpu", calibrated=calibrated)
+    loaded = load_model(run_dir, device="cpu", calibrated=calibrated, balanced=balanced)
     module = (
         EnsembleClassifier(loaded)
         if isinstance(loaded, LoadedEnsemble)

@@ -70,6 +70,11 @@ class LoadedModel:
         temperature: T, dimensionless; 1.0 when loaded with ``calibrated=False``.
         device: where the model runs.
         run_dir: the run directory it was loaded from.
+        prior_shift: float64 (K,) added to ``z / T`` before the softmax: ``-log π`` of the
+            training labels' class frequencies π for a loss whose z learns their long-tailed
+            prior (cross-entropy, focal, generalized CE), which turns the posterior into the
+            balanced, uniform-prior one (Saerens et al., Neural Computation 2002); zeros for a
+            loss that learns the balanced posterior already, or with ``balanced=False``.
     """
 
     model: Classifier
@@ -79,6 +84,7 @@ class LoadedModel:
     temperature: float
     device: torch.device
     run_dir: Path
+    prior_shift: np.ndarray | None = None
 
     def logits(
         self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
@@ -103,10 +109,13 @@ class LoadedModel:
     def predict_proba(
         self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
     ) -> np.ndarray:
-        """Probabilities ``softmax(z / T)``, float64 (N, K) summing to 1 per row, of uint8 images
-        (N, H, W, C)."""
+        """Probabilities ``softmax(z / T + shift)``, float64 (N, K) summing to 1 per row, of
+        uint8 images (N, H, W, C); ``shift`` is :attr:`prior_shift` (none: 0)."""
         logits = self.logits(images, batch_size=batch_size, progress=progress)
-        return softmax(logits, self.temperature)
+        scaled = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.prior_shift is not None:
+            scaled = scaled + self.prior_shift
+        return softmax(scaled)
 
 
 ENSEMBLE_NAME = "ensemble.json"
@@ -173,7 +182,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    run_dir: str | Path, *, device: str = "cpu", calibrated: bool = True
+    run_dir: str | Path, *, device: str = "cpu", calibrated: bool = True, balanced: bool = True
 ) -> LoadedModel | LoadedEnsemble:
     """The selected weights of the finished run in ``run_dir``, with its preprocessing; for a
     directory holding ``ensemble.json`` (a design's kept ensemble), every member's.
@@ -183,6 +192,9 @@ def load_model(
         device: "cpu", "cuda" or "auto".
         calibrated: divide the logits by the temperature fitted on the meta set
             (``metrics.json``, ``calibration.temperature``); False: T = 1, the raw softmax.
+        balanced: for a loss whose logits learn the training labels' long-tailed prior
+            (cross-entropy, focal, generalized CE), shift the posterior to the uniform prior
+            (:attr:`LoadedModel.prior_shift`); False: the posterior under the training prior.
 
     Returns:
         :class:`LoadedModel`.
@@ -193,11 +205,13 @@ def load_model(
     """
     run_dir = Path(run_dir)
     if (run_dir / ENSEMBLE_NAME).is_file():
-        return _load_ensemble(run_dir, device=device, calibrated=calibrated)
-    return _load_run(run_dir, device=device, calibrated=calibrated)
+        return _load_ensemble(run_dir, device=device, calibrated=calibrated, balanced=balanced)
+    return _load_run(run_dir, device=device, calibrated=calibrated, balanced=balanced)
 
 
-def _load_ensemble(run_dir: Path, *, device: str, calibrated: bool) -> LoadedEnsemble:
+def _load_ensemble(
+    run_dir: Path, *, device: str, calibrated: bool, balanced: bool
+) -> LoadedEnsemble:
     path = run_dir / ENSEMBLE_NAME
     members = _read_json(path).get("members")
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
@@ -207,13 +221,19 @@ def _load_ensemble(run_dir: Path, *, device: str, calibrated: bool) -> LoadedEns
         member_dir = (run_dir / member).resolve()
         if run_dir.resolve() not in member_dir.parents:
             raise AutorobustError(f"{path}: member {member!r} lies outside {run_dir}")
-        loaded.append(_load_run(member_dir, device=device, calibrated=calibrated))
+        loaded.append(
+            _load_run(member_dir, device=device, calibrated=calibrated, balanced=balanced)
+        )
     if len({(m.class_names, m.image_shape) for m in loaded}) != 1:
         raise AutorobustError(f"{path}: its members differ in classes or image shape")
     return LoadedEnsemble(members=tuple(loaded), run_dir=run_dir)
 
 
-def _load_run(run_dir: Path, *, device: str, calibrated: bool) -> LoadedModel:
+# Losses whose logits learn the posterior under the training labels' own (long-tailed) prior.
+LONG_TAILED_LOSSES = ("cross_entropy", "focal", "generalized_ce")
+
+
+def _load_run(run_dir: Path, *, device: str, calibrated: bool, balanced: bool) -> LoadedModel:
     config = load_run_config(run_dir)
     resolved = resolve_device(device)
     data = _read_json(run_dir / DATA_NAME)
@@ -258,7 +278,20 @@ def _load_run(run_dir: Path, *, device: str, calibrated: bool) -> LoadedModel:
         temperature=temperature,
         device=resolved,
         run_dir=run_dir,
+        prior_shift=_prior_shift(config, data) if balanced else None,
     )
+
+
+def _prior_shift(config: Any, data: dict[str, Any]) -> np.ndarray | None:
+    """``-log π`` (K,) of the training labels' class frequencies for a long-tailed loss (a
+    class without labels gets the rarest present class's shift), or None."""
+    if config.loss.name not in LONG_TAILED_LOSSES or config.method != "erm":
+        return None
+    counts = np.asarray(data.get("train_class_counts") or [], dtype=np.float64)
+    if counts.size == 0 or counts.sum() <= 0:
+        return None
+    counts = np.where(counts > 0, counts, counts[counts > 0].min())
+    return -np.log(counts / counts.sum())
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -394,6 +427,7 @@ def predict_files(
     *,
     device: str = "cpu",
     calibrated: bool = True,
+    balanced: bool = True,
     batch_size: int = 256,
     image_column: str = "image",
     progress: bool = True,
@@ -407,6 +441,7 @@ def predict_files(
         output: the CSV to write (see :func:`write_predictions`); replaced atomically.
         device: "cpu", "cuda" or "auto".
         calibrated: use the run's temperature (False: T = 1).
+        balanced: the uniform-prior posterior for a long-tailed loss (see :func:`load_model`).
         batch_size: images per forward pass, >= 1.
         image_column: the column of image paths of a CSV input.
         progress: show a progress bar over the batches.
@@ -419,7 +454,7 @@ def predict_files(
     """
     if batch_size < 1:
         raise AutorobustError(f"--batch-size: must be >= 1, got {batch_size}")
-    loaded = load_model(run_dir, device=device, calibrated=calibrated)
+    loaded = load_model(run_dir, device=device, calibrated=calibrated, balanced=balanced)
     names, images = read_inputs(input_path, loaded.image_shape, image_column=image_column)
     probabilities = loaded.predict_proba(images, batch_size=batch_size, progress=progress)
     return write_predictions(output, names, loaded.class_names, probabilities)
