@@ -71,13 +71,8 @@ from autorobust.methods.sample_selection import (
     run_selection,
 )
 from autorobust.search.common import finish_study, search_settings, trial_dir
-from autorobust.search.runner import (
-    open_study,
-    retry_dead_trials,
-    run_study,
-    study_state_counts,
-    take_over_trial_dir,
-)
+from autorobust.search.driver import NextTrial, run_trials
+from autorobust.search.runner import retry_dead_trials, study_state_counts, take_over_trial_dir
 from autorobust.train.calibration import softmax
 from autorobust.train.metrics import classification_metrics
 from autorobust.train.trainer import CHECKPOINT_NAME, load_checkpoint, predict
@@ -526,17 +521,16 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         * (state.config.train.epochs - state.trial_epochs)
         * continuation_factor,
     )
-    objective = _objective(state, space)
-    study = open_study(dataclasses.replace(settings, n_trials=1), state.run_dir)
-    while True:
+
+    def next_trial(study: Any) -> NextTrial | None:
+        """The next first-rung trial: a queued retry, the first reference design that fits the
+        budget, or TPE's proposal if even the costliest design fits; None: the study ends."""
         done = _finished_trials(study)
         spent = state.cost.get("probe_sample_epochs", 0.0) + sum(
             t.user_attrs.get("sample_epochs", 0.0) for t in done
         )
         counts = study_state_counts(study)
         finished = counts["COMPLETE"] + counts["PRUNED"]
-        if finished >= settings_cfg.max_trials:
-            break
         tried = [Design.from_dict(t.user_attrs["design"]) for t in done]
         first, cost = None, worst
         # A killed trial (still RUNNING until its heartbeat goes stale) is retried: its retry
@@ -564,15 +558,16 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
                 or spent + worst[0] + _reserve(state, done, worst[1], continuation_factor) > budget
             )
         ):
-            break
-        study = run_study(
-            objective,
-            dataclasses.replace(settings, n_trials=finished + 1),
-            state.run_dir,
-            first_params=None if first is None else space.params(first),
-        )
-        if study_state_counts(study)["COMPLETE"] + study_state_counts(study)["PRUNED"] <= finished:
-            break  # the trial failed (the runner logged why): do not spin
+            return None
+        return NextTrial(None if first is None else space.params(first))
+
+    # The one search driver: trials one at a time, while next_trial says the budget allows one.
+    study = run_trials(
+        _objective(state, space),
+        dataclasses.replace(settings, n_trials=settings_cfg.max_trials),
+        state.run_dir,
+        next_trial=next_trial,
+    )
     state.cost["trials_sample_epochs"] = sum(
         t.user_attrs.get("sample_epochs", 0.0) for t in _finished_trials(study)
     )
