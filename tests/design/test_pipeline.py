@@ -323,7 +323,7 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
     for _, fit in finalists:
         pipeline._train_until(fit.config, fit.splits, 6)
     final: dict = {}
-    kept = pipeline._ensemble(state, finalists, 0, final)
+    kept = pipeline._ensemble(state, finalists, pipeline._scores(state, [finalists[0][1]]), final)
     row = final["ensemble"]
     # Scored only where every member may be: the cross-fitted AutoBalance run's other half.
     assert row["scored_images"] == int(finalists[1][1].scored.sum()) == 50

@@ -666,8 +666,8 @@ def _promote(
     ordered = [runs[t.number] for t in finalists]
     summary["ensemble"] = None
     if len(ordered) > 1 and state.config.design.ensemble:
-        position = [t.number for t in finalists].index(kept)
-        if _ensemble(state, ordered, position, summary):
+        kept_scores = next(d.losses for d in scored if d.key == kept)
+        if _ensemble(state, ordered, kept_scores, summary):
             return chosen_row, [fit for _, fit in ordered], summary
     return chosen_row, [runs[kept][1]], summary
 
@@ -684,13 +684,17 @@ def _ensemble_probabilities(state: DesignRun, fits: list[_Fit], images: np.ndarr
 
 
 def _ensemble(
-    state: DesignRun, finalists: list[tuple[Design, _Fit]], kept: int, final: dict[str, Any]
+    state: DesignRun,
+    finalists: list[tuple[Design, _Fit]],
+    kept_scores: np.ndarray,
+    final: dict[str, Any],
 ) -> bool:
     """Stage 5b: the finalists' ensemble (the mean of their calibrated probabilities) is scored on
     the meta images every finalist may be scored on, against the kept finalist there; kept when
     it is not worse. It costs no training (its members are trained already) and averaging two
     calibrated models lowers the variance of either, so no margin is asked of it. Records the
-    comparison in ``final["ensemble"]``; returns whether the ensemble is kept."""
+    comparison in ``final["ensemble"]``; returns whether the ensemble is kept. ``kept_scores``
+    are the kept finalist's per-image meta scores (M,), NaN where it may not be scored."""
     fits = [fit for _, fit in finalists]
     meta = state.splits.meta
     scored = np.logical_and.reduce([fit.scored for fit in fits])
@@ -699,7 +703,7 @@ def _ensemble(
     # The log of the mean probability is the ensemble's logit: its softmax gives them back.
     log_mean = np.log(np.clip(_ensemble_probabilities(state, fits, meta.images[scored]), 1e-12, 1))
     ensemble = per_image_score(log_mean, labels, k, state.config.design.score)
-    single = _scores(state, [fits[kept]])[scored]
+    single = kept_scores[scored]
     difference, standard_error = weighted_difference(ensemble, single, labels, k)
     keep = difference <= 0.0
     final["ensemble"] = {
