@@ -14,7 +14,13 @@ import autorobust.design.pipeline as pipeline
 from autorobust.cli import main
 from autorobust.config import load_config
 from autorobust.design.pipeline import design_run_config, run_design
-from autorobust.design.space import AUTOBALANCE_DESIGN, REFERENCE_DESIGNS, ROLT_DESIGN, Design
+from autorobust.design.space import (
+    AUTOBALANCE_DESIGN,
+    LEADING_REFERENCE_DESIGNS,
+    REFERENCE_DESIGNS,
+    ROLT_DESIGN,
+    Design,
+)
 from autorobust.experiment import build_splits
 from autorobust.methods.glc.noise_model import NoiseModel
 from autorobust.train.trainer import load_checkpoint
@@ -39,13 +45,22 @@ def test_design_runs_every_stage_and_reports_the_chosen_components(tmp_path: Pat
     outcome = run_design(_config(tmp_path / "d"))
     summary = json.loads((tmp_path / "d" / "design.json").read_text())
     # The probe's recipe and the references the budget allows after keeping the finalists'
-    # continuation and the refit free.
+    # continuation free.
     names = [row["name"] for row in summary["trials"]]
     assert len(names) >= 2
-    # The kept single design was refitted on the pool and the meta set (the default).
+    # The kept single design is refitted on the pool and the meta set (the default) when what the
+    # study and the finalists left of the budget pays for it; the report says which.
     if not summary["final"]["ensemble"] or not summary["final"]["ensemble"]["kept"]:
-        assert outcome.retrained.run_dir.name == "refit"
-        assert summary["refit"]["refit_test"] == outcome.retrained.metrics["test"]
+        refit = summary["refit"]
+        spent = summary["cost"]["budget_used"] - (refit["cost"] if refit["refit_test"] else 0.0)
+        assert refit["budget_left"] == pytest.approx(3.0 - spent)
+        assert (refit["refit_test"] is not None) == (refit["cost"] <= refit["budget_left"])
+        if refit["refit_test"] is None:
+            assert outcome.retrained.run_dir.name == "best"
+            assert refit["reason"] in outcome.report.read_text()
+        else:
+            assert outcome.retrained.run_dir.name == "refit"
+            assert refit["refit_test"] == outcome.retrained.metrics["test"]
     assert sum(row["chosen"] for row in summary["trials"]) == 1
     assert "selection" in {Design.from_dict(row["design"]).treatment for row in summary["trials"]}
     report = outcome.report.read_text()
@@ -251,9 +266,17 @@ def test_a_design_fitted_on_the_meta_set_is_cross_fitted(tmp_path: Path) -> None
     config = _config(tmp_path / "x")
     state = pipeline.DesignRun(config, build_splits(config), tmp_path / "x", 2, 2)
     pipeline._run_probe(state)
-    fits = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "t")
     meta = state.splits.meta
+    # By default one run, fitted on one stratified half and scored on the other.
+    (half,) = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "h")
+    assert half.run_dir.name == "meta-half-0" and half.scored.sum() == len(meta) // 2
+    # With the swap, a second run is fitted on the second half and scored on the first.
+    state.config = config.model_copy(
+        update={"design": config.design.model_copy(update={"cross_fit_swap": True})}
+    )
+    fits = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "t")
     assert [f.run_dir.name for f in fits] == ["meta-half-0", "meta-half-1"]
+    assert np.array_equal(fits[0].scored, half.scored)
     first, second = (set(f.splits.meta_index.tolist()) for f in fits)
     assert not first & second and first | second == set(state.splits.meta_index.tolist())
     for fit in fits:
@@ -304,7 +327,14 @@ def test_refit_trains_the_chosen_design_on_the_pool_and_the_meta_set(tmp_path: P
     assert summary["refit"]["refit_test"] == refit["test"] == outcome.retrained.metrics["test"]
     best = json.loads((tmp_path / "f" / "best" / "metrics.json").read_text())
     assert summary["refit"]["best_test"] == best["test"]
-    assert summary["cost"]["refit_sample_epochs"] == (len(pool) + len(meta)) * 6
+    # It continued the kept run's first-rung checkpoint (epochs 0-1, without the meta images)
+    # to the 6 epochs of the schedule, the meta images in the pool from epoch 2 on.
+    assert summary["refit"]["start_epoch"] == summary["trial_epochs"] == 2
+    assert summary["cost"]["refit_sample_epochs"] == (len(pool) + len(meta)) * (6 - 2)
+    history = load_checkpoint(tmp_path / "f" / "refit" / "checkpoint.pt")["history"]
+    trial = load_checkpoint(tmp_path / "f" / "best" / "checkpoint.pt")["history"]
+    assert history[:2] == trial[:2] and history[2:] != trial[2:] and len(history) == 6
+    assert not list((tmp_path / "f" / "trials").rglob("*.pt"))  # spent once the refit is done
     assert summary["cost"]["budget_used"] <= 3.0
 
 
@@ -328,7 +358,17 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
     # Scored only where every member may be: the cross-fitted AutoBalance run's other half.
     assert row["scored_images"] == int(finalists[1][1].scored.sum()) == 50
     assert row["difference"] == pytest.approx(row["score"] - row["kept_finalist_score"])
-    assert kept == (row["difference"] <= 0.0) == row["kept"]
+    # Kept only when better by more than one standard error (the one-SE rule of the choice),
+    # by any margin without that rule.
+    assert kept == (row["difference"] + row["standard_error"] <= 0.0) == row["kept"]
+    assert row["standard_error"] > 0.0
+    state.config = config.model_copy(
+        update={"design": config.design.model_copy(update={"one_standard_error": False})}
+    )
+    kept_without = pipeline._ensemble(
+        state, finalists, pipeline._scores(state, [finalists[0][1]]), {}
+    )
+    assert kept_without == (row["difference"] <= 0.0)
     result = pipeline._ensemble_run(state, [fit for _, fit in finalists])
     best = tmp_path / "e" / "best"
     loaded = load_model(best)
@@ -364,12 +404,35 @@ def test_a_bad_genotype_file_is_refused_before_anything_is_written(tmp_path: Pat
     assert not (tmp_path / "g").exists()
 
 
+def test_the_leading_references_come_before_the_refit_in_the_budget(tmp_path: Path) -> None:
+    """At the default budget and space, AutoBalance (a leading reference, cross-fitted on one
+    half of the meta set) is trained: reserving the refit, or swapping the halves, left it no
+    room (only logit adjustment and the RoLT-style selection were tried then)."""
+    config = load_config(
+        "demo",
+        [f"run_dir={tmp_path / 'p'}", "train.epochs=6", "train.batch_size=128",
+         "model.options.width=8", "train.progress=false", "device=cpu"],
+    )  # fmt: skip
+    run_design(config, retrain=False)
+    summary = json.loads((tmp_path / "p" / "design.json").read_text())
+    rows = sorted(summary["trials"], key=lambda r: r["trial"])
+    tried = [Design.from_dict(row["design"]) for row in rows]
+    leading = [d for d in LEADING_REFERENCE_DESIGNS if d in tried]
+    assert tried[: len(leading)] == leading  # in their order, before anything else
+    assert AUTOBALANCE_DESIGN in tried
+    autobalance = next(r for r in summary["trials"] if r["name"] == AUTOBALANCE_DESIGN.describe())
+    assert autobalance["scored_images"] == len(build_splits(config).meta) // 2
+    assert summary["cost"]["budget_used"] <= 3.0
+
+
 def test_the_budget_counts_a_proposal_at_the_costliest_design_of_the_space() -> None:
     from autorobust.design.config import DesignConfig
 
-    # Cross-fitted AutoBalance trains twice at 1.3 at the first rung; a selection with
-    # pseudo-labels costs 2.3 per sample-epoch in its continuation.
-    assert pipeline._costliest_factors(DesignConfig()) == pytest.approx((2.6, 2.3))
+    # A selection with pseudo-labels costs 2.3 per sample-epoch; AutoBalance 1.3, twice at the
+    # first rung when the cross-fitting halves are swapped.
+    assert pipeline._costliest_factors(DesignConfig()) == pytest.approx((2.3, 2.3))
+    swapped = DesignConfig(cross_fit_swap=True)
+    assert pipeline._costliest_factors(swapped) == pytest.approx((2.6, 2.3))
     assert pipeline._costliest_factors(DesignConfig(cross_fit=False)) == pytest.approx((2.3, 2.3))
     plain = DesignConfig(treatments=["none", "selection"], pseudo_label=[False],
                          losses=["logit_adjustment"])  # fmt: skip

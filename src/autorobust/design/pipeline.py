@@ -15,12 +15,14 @@ trained on the schedule of ``train.epochs``, paused and continued from its check
    :func:`~autorobust.experiment.train_run` and scored on the clean meta set only, by
    ``design.score`` (:mod:`~autorobust.design.scoring`). A design that fits on the meta set is
    cross-fitted over its two halves. The study stops when the next trial would leave too little
-   of ``design.budget`` for the finalists' continuation (and the refit).
+   of ``design.budget`` for the finalists' continuation.
 4. **Finalists.** The ``design.finalists`` best continue to ``train.epochs``; the simplest within
-   one standard error of the best there is kept, or their ensemble where it is not worse
+   one standard error of the best there is kept, or their ensemble where it is better by more
+   than one standard error
    (``design.ensemble``); it becomes ``run_dir/best``, measured on the test split.
 5. **Refit** (``design.refit``): the kept single design trained again on the pool plus the meta
-   images (``run_dir/refit``). Then **the report** (``design.md``, ``design.json``, plots).
+   images (``run_dir/refit``), when what is left of the budget pays for it. Then **the report**
+   (``design.md``, ``design.json``, plots).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from optuna.trial import TrialState
 
 from autorobust._io import atomic_write, write_json
@@ -54,10 +57,21 @@ from autorobust.design.scoring import (
     stratified_folds,
     weighted_difference,
 )
-from autorobust.design.space import REFERENCE_DESIGNS, Design, DesignSpace
+from autorobust.design.space import (
+    LEADING_REFERENCE_DESIGNS,
+    REFERENCE_DESIGNS,
+    Design,
+    DesignSpace,
+)
 from autorobust.design.treatments import treatment
 from autorobust.errors import AutorobustError
-from autorobust.experiment import RunResult, build_splits, load_best_model, train_run
+from autorobust.experiment import (
+    RunResult,
+    build_splits,
+    config_fingerprint,
+    load_best_model,
+    train_run,
+)
 from autorobust.methods.csnas.darts.genotype import check_genotype_files
 from autorobust.methods.glc.noise_model import (
     NoiseModel,
@@ -150,6 +164,11 @@ def _epochs(config: ExperimentConfig) -> tuple[int, int]:
 
 
 # -- the stages -----------------------------------------------------------------------------------
+
+
+# A finalist's checkpoint at the first rung, kept beside its run before it continues: the refit
+# of the kept design starts from it.
+RUNG_CHECKPOINT = "rung.pt"
 
 
 class _Pause(Exception):
@@ -284,8 +303,9 @@ class _Fit:
 
 def _fits(state: DesignRun, design: Design, directory: Path) -> list[_Fit]:
     """The runs of ``design`` in ``directory``, each on the schedule of ``train.epochs``: one,
-    or under cross-fitting (``design.cross_fit``, a design that fits on the meta set) two, each
-    fitted on one stratified half of the meta set and scored on the other."""
+    which under cross-fitting (``design.cross_fit``, a design that fits on the meta set) is
+    fitted on one stratified half of the meta set and scored on the other; with
+    ``design.cross_fit_swap`` a second run swaps the halves."""
     splits, relabel_file = _design_splits(state, design)
     meta = state.splits.meta
 
@@ -304,7 +324,7 @@ def _fits(state: DesignRun, design: Design, directory: Path) -> list[_Fit]:
         return [fit(directory, splits, np.ones(len(meta), dtype=bool))]
     half = stratified_folds(meta.labels, 2)
     fits = []
-    for fold in (0, 1):
+    for fold in (0, 1) if state.config.design.cross_fit_swap else (0,):
         fitted = np.flatnonzero(half == fold)
         fold_splits = dataclasses.replace(
             splits,
@@ -447,22 +467,13 @@ def _finalists(state: DesignRun, done: list[Any]) -> list[Any]:
     return ranked[:count]
 
 
-def _reserve(
-    state: DesignRun, done: list[Any], continuation: float | None, factor: float = 1.0
-) -> float:
-    """Sample-epochs to keep free for the finalists' continuation (and the refit), if the next
-    trial (whose continuation costs ``continuation`` and whose cost factor is ``factor``; None:
-    no next trial) may become one of the finalists."""
+def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> float:
+    """Sample-epochs to keep free for the finalists' continuation, if the next trial (whose
+    continuation costs ``continuation``; None: no next trial) may become one of the finalists.
+    The refit is not reserved: it runs when what is left pays for it (``design.refit``)."""
     finalists = _finalists(state, done)
     costs = [t.user_attrs["continuation_sample_epochs"] for t in finalists]
-    refit = 0.0
-    if state.config.design.refit:  # the kept design, a finalist, trained on pool and meta set
-        factors = [Design.from_dict(t.user_attrs["design"]).cost_factor for t in finalists]
-        if continuation is not None:
-            factors.append(factor)
-        total = len(state.splits.train) + len(state.splits.meta)
-        refit = total * state.config.train.epochs * max(factors, default=1.0)
-    reserve = float(sum(costs)) + refit
+    reserve = float(sum(costs))
     if continuation is None:
         return reserve
     if len(costs) < state.config.design.finalists:
@@ -473,9 +484,21 @@ def _reserve(
     return reserve + max(0.0, continuation - min(replaceable))
 
 
+def _refit_reserve(state: DesignRun, done: list[Any]) -> float:
+    """Sample-epochs a TPE proposal or a reference design after the leading ones
+    (:data:`~autorobust.design.space.LEADING_REFERENCE_DESIGNS`) leaves free for the refit
+    (``design.refit``): the refit of the design that leads the study (the best first-rung score
+    so far)."""
+    if not state.config.design.refit or not done:
+        return 0.0
+    leader = min(done, key=lambda t: (t.value, t.number))
+    return _refit_cost(state, Design.from_dict(leader.user_attrs["design"]), state.trial_epochs)
+
+
 def _costliest_factors(settings: DesignConfig) -> tuple[float, float]:
     """Cost factors (per sample-epoch, over plain training) of the costliest design the space
-    holds: (at the first rung, where a cross-fitted design trains twice; in its continuation).
+    holds: (at the first rung, where a cross-fitted design trains twice with
+    ``design.cross_fit_swap``; in its continuation).
     An upper bound for a design not yet proposed (a selection is counted on the whole pool)."""
     candidates = [
         Design(treatment=treatment, loss=loss, pseudo_label=pseudo)
@@ -485,7 +508,7 @@ def _costliest_factors(settings: DesignConfig) -> tuple[float, float]:
         # MW-Net trains with its own method, and pseudo-labels with theirs: not with AutoBalance.
         if loss != "autobalance" or (treatment != "mwnet" and not pseudo)
     ]
-    cross_fit = 2.0 if settings.cross_fit else 1.0
+    cross_fit = 2.0 if settings.cross_fit and settings.cross_fit_swap else 1.0
     first = max(d.cost_factor * (cross_fit if d.fits_meta else 1.0) for d in candidates)
     return max(first, 1.0), max(max(d.cost_factor for d in candidates), 1.0)
 
@@ -524,7 +547,8 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
 
     def next_trial(study: Any) -> NextTrial | None:
         """The next first-rung trial: a queued retry, the first reference design that fits the
-        budget, or TPE's proposal if even the costliest design fits; None: the study ends."""
+        budget with the finalists' continuation, or TPE's proposal if even the costliest design
+        fits with the continuation and the leader's refit; None: the study ends."""
         done = _finished_trials(study)
         spent = state.cost.get("probe_sample_epochs", 0.0) + sum(
             t.user_attrs.get("sample_epochs", 0.0) for t in done
@@ -532,7 +556,7 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         counts = study_state_counts(study)
         finished = counts["COMPLETE"] + counts["PRUNED"]
         tried = [Design.from_dict(t.user_attrs["design"]) for t in done]
-        first, cost = None, worst
+        first = None
         # A killed trial (still RUNNING until its heartbeat goes stale) is retried: its retry
         # runs next and resumes in the dead trial's folder; nothing else is enqueued meanwhile,
         # so its design is not trained a second time.
@@ -545,19 +569,14 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
             if treatment(design.treatment).needs_noise_model and _noise_model_rejected(state):
                 continue  # with T̂ = I and the observed counts it is the probe's recipe again
             cost = _rung_costs(state, design)
-            reserve = _reserve(state, done, cost[1], design.cost_factor)
+            reserve = _reserve(state, done, cost[1])
+            if design not in LEADING_REFERENCE_DESIGNS:
+                reserve += _refit_reserve(state, done)
             if finished == 0 or spent + cost[0] + reserve <= budget:
                 first = design
-                break
-            cost = worst  # this reference does not fit: the next one may
-        if (
-            not retries
-            and first is None
-            and (
-                finished == 0
-                or spent + worst[0] + _reserve(state, done, worst[1], continuation_factor) > budget
-            )
-        ):
+                break  # else this reference does not fit: the next one may
+        proposal = spent + worst[0] + _reserve(state, done, worst[1]) + _refit_reserve(state, done)
+        if not retries and first is None and (finished == 0 or proposal > budget):
             return None
         return NextTrial(None if first is None else space.params(first))
 
@@ -621,7 +640,8 @@ def _promote(
 ) -> tuple[dict[str, Any], list[_Fit], dict[str, Any]]:
     """Stage 5: continue the finalists to ``train.epochs`` (a cross-fitted one: its first half's
     run, scored on the other half) and keep the simplest within one standard error of the best
-    there, or their ensemble (``design.ensemble``) where it is not worse. Returns (the kept
+    there, or their ensemble (``design.ensemble``) where it is better by more than one standard
+    error. Returns (the kept
     trial's table row, its run or the ensemble's member runs, the comparison's summary); the
     table's ``chosen`` flags are set to the kept trial."""
     started = time.process_time()
@@ -632,6 +652,7 @@ def _promote(
     for trial in finalists:
         design = Design.from_dict(trial.user_attrs["design"])
         fit = _fits(state, design, trial_dir(state.run_dir, trial.number))[0]
+        _keep_rung_checkpoint(state, fit)
         _train_until(fit.config, fit.splits, epochs)
         cost += _sample_epochs(design, [fit], epochs - state.trial_epochs)
         runs[trial.number] = (design, fit)
@@ -672,6 +693,16 @@ def _promote(
     return chosen_row, [runs[kept][1]], summary
 
 
+def _keep_rung_checkpoint(state: DesignRun, fit: _Fit) -> None:
+    """Copy a finalist's checkpoint at the first rung to ``RUNG_CHECKPOINT`` beside it (once,
+    atomically) before it continues, for the refit to start from."""
+    target = fit.run_dir / RUNG_CHECKPOINT
+    if target.is_file() or _finished_epochs(fit.run_dir) != state.trial_epochs:
+        return
+    source = fit.run_dir / CHECKPOINT_NAME
+    atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+
+
 def _ensemble_probabilities(state: DesignRun, fits: list[_Fit], images: np.ndarray) -> np.ndarray:
     """Mean over ``fits`` of their calibrated probabilities softmax(z / T), float64 (N, K), on
     uint8 ``images``; T is each run's temperature (``metrics.json``, fitted on its meta split)."""
@@ -691,10 +722,11 @@ def _ensemble(
 ) -> bool:
     """Stage 5b: the finalists' ensemble (the mean of their calibrated probabilities) is scored on
     the meta images every finalist may be scored on, against the kept finalist there; kept when
-    it is not worse. It costs no training (its members are trained already) and averaging two
-    calibrated models lowers the variance of either, so no margin is asked of it. Records the
-    comparison in ``final["ensemble"]``; returns whether the ensemble is kept. ``kept_scores``
-    are the kept finalist's per-image meta scores (M,), NaN where it may not be scored."""
+    it is better by more than one standard error of the paired difference (by any margin
+    without ``design.one_standard_error``): the simplest model within one standard error wins,
+    as everywhere in the choice. Records the comparison in ``final["ensemble"]``; returns
+    whether the ensemble is kept. ``kept_scores`` are the kept finalist's per-image meta scores
+    (M,), NaN where it may not be scored."""
     fits = [fit for _, fit in finalists]
     meta = state.splits.meta
     scored = np.logical_and.reduce([fit.scored for fit in fits])
@@ -705,7 +737,10 @@ def _ensemble(
     ensemble = per_image_score(log_mean, labels, k, state.config.design.score)
     single = kept_scores[scored]
     difference, standard_error = weighted_difference(ensemble, single, labels, k)
-    keep = difference <= 0.0
+    # The one-standard-error rule of the whole choice: the ensemble is the more complex model,
+    # so it must beat the single finalist by more than the error of the difference.
+    margin = standard_error if state.config.design.one_standard_error else 0.0
+    keep = difference + margin <= 0.0
     final["ensemble"] = {
         "members": [design.describe() for design, _ in finalists],
         "score": scored_balanced_mean(ensemble, labels, k),
@@ -789,23 +824,88 @@ def with_meta_in_pool(splits: Splits) -> Splits:
     )
 
 
-def _refit(state: DesignRun, design: Design) -> tuple[RunResult, float]:
-    """Stage 6 (``design.refit``): ``design`` trained from scratch for ``train.epochs`` on its
-    pool plus the meta images, in ``run_dir/refit``; (its result, sample-epochs)."""
+def _refit_cost(state: DesignRun, design: Design, start: int) -> float:
+    """Sample-epochs of :func:`_refit` of ``design`` from epoch ``start``: its pool (its
+    selection's, if any) plus the meta images, for the rest of ``train.epochs``, at its cost
+    factor."""
+    splits, _ = _design_splits(state, design)
+    size = len(splits.train) + len(state.splits.meta)
+    return float(size * (state.config.train.epochs - start) * design.cost_factor)
+
+
+def _refit_start(state: DesignRun, rung: Path | None) -> int:
+    """The epoch the refit starts from: the kept finalist's first rung when its checkpoint
+    there was kept (``rung``), else 0 (from scratch)."""
+    return state.trial_epochs if rung is not None and rung.is_file() else 0
+
+
+def _refit_if_affordable(
+    state: DesignRun, design: Design, best: RunResult, rung: Path | None
+) -> tuple[dict[str, Any], RunResult | None]:
+    """Stage 6 when the budget left after the study and the finalists pays for it: the refit
+    of ``design`` (whose ``best/`` run is ``best``) from its first-rung checkpoint ``rung``.
+    Returns the report's ``refit`` entry (``best_test``; ``refit_test``, None when skipped, and
+    then the ``reason``; ``start_epoch``; ``budget_left`` and ``cost`` in trainings) and the
+    refit's result (None when skipped). A refit already started (its checkpoint written) is
+    finished whatever the budget says now."""
+    spent = sum(v for k, v in state.cost.items() if k.endswith("sample_epochs"))
+    left = state.config.design.budget * state.reference_cost - spent
+    start = _refit_start(state, rung)
+    cost = _refit_cost(state, design, start)
+    entry: dict[str, Any] = {
+        "best_test": best.metrics["test"],
+        "refit_test": None,
+        "start_epoch": start,
+        "budget_left": left / state.reference_cost,
+        "cost": cost / state.reference_cost,
+    }
+    if cost > left and not (state.run_dir / "refit" / CHECKPOINT_NAME).is_file():
+        entry["reason"] = (
+            f"not refitted: the refit costs {entry['cost']:.2f} trainings, the budget has "
+            f"{max(entry['budget_left'], 0.0):.2f} left"
+        )
+        print(f"design: {entry['reason']}")
+        return entry, None
+    started = time.process_time()
+    result = _refit(state, design, rung if start else None)
+    state.cost["refit_sample_epochs"] = cost
+    state.cost["refit_cpu_seconds"] = time.process_time() - started
+    entry["refit_test"] = result.metrics["test"]
+    return entry, result
+
+
+def _refit(state: DesignRun, design: Design, rung: Path | None) -> RunResult:
+    """Stage 6 (``design.refit``): ``design`` trained on its pool plus the meta images to
+    ``train.epochs`` in ``run_dir/refit``, continuing its first-rung checkpoint ``rung`` (the
+    same config, so the same schedule; the meta images join from there) or from scratch. The
+    refit records no training dynamics (nothing reads them)."""
     config, splits = _design_config(
         state, design, epochs=state.config.train.epochs, run_dir=state.run_dir / "refit"
     )
-    splits = with_meta_in_pool(splits)
-    result = train_run(config, resume=True, splits=splits, evaluate_test=True)
-    return result, float(len(splits.train) * state.config.train.epochs * design.cost_factor)
+    quiet = config.model_copy(
+        update={"train": config.train.model_copy(update={"record_dynamics": False})}
+    )
+    target = state.run_dir / "refit" / CHECKPOINT_NAME
+    if rung is not None and not target.is_file():
+        checkpoint = load_checkpoint(rung)
+        if checkpoint.get("fingerprint") != config_fingerprint(config):
+            raise AutorobustError(f"{rung}: not a checkpoint of {design.describe()}")
+        # The dynamics recorded on the pool (the probe's recipe) do not extend to the meta
+        # images; recording changes no weight, so the run continues without them.
+        checkpoint.pop("dynamics", None)
+        checkpoint["fingerprint"] = config_fingerprint(quiet)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda handle: torch.save(checkpoint, handle))
+    return train_run(quiet, resume=True, splits=with_meta_in_pool(splits), evaluate_test=True)
 
 
 def _drop_trial_checkpoints(state: DesignRun, study: Any) -> None:
     """Once ``best`` holds the kept run, the trials' checkpoints are needed by nothing."""
     for trial in study.get_trials(deepcopy=False):
         directory = trial_dir(state.run_dir, trial.number)
-        for path in [directory / CHECKPOINT_NAME, *directory.glob(f"*/{CHECKPOINT_NAME}")]:
-            path.unlink(missing_ok=True)
+        for name in (CHECKPOINT_NAME, RUNG_CHECKPOINT):
+            for path in [directory / name, *directory.glob(f"*/{name}")]:
+                path.unlink(missing_ok=True)
 
 
 def _contributions(
@@ -904,6 +1004,7 @@ def run_design(
     final: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
     kept_fits: list[_Fit] = []
+    rung: Path | None = None
     if fixed is None:
         study = _run_study(state, default_study_name)
         chosen, table = _choose(state, study)
@@ -920,10 +1021,9 @@ def run_design(
         started = time.process_time()
         if len(kept_fits) > 1:
             retrained = _ensemble_run(state, kept_fits)
-            _drop_trial_checkpoints(state, study)
         elif kept_fits:
+            rung = kept_fits[0].run_dir / RUNG_CHECKPOINT
             retrained, kept_fits[0] = _final_run(state, kept_fits[0])
-            _drop_trial_checkpoints(state, study)
         else:  # a fixed recipe: trained from scratch with train.epochs
             retrained, _, _, cost = _train_design(
                 state, design, epochs=config.train.epochs, run_dir=run_dir / "best",
@@ -932,11 +1032,10 @@ def run_design(
             state.cost["retrain_sample_epochs"] = cost
         state.cost["retrain_cpu_seconds"] = time.process_time() - started
         if config.design.refit and len(kept_fits) == 1:
-            best_test = retrained.metrics["test"]
-            started = time.process_time()
-            retrained, state.cost["refit_sample_epochs"] = _refit(state, design)
-            state.cost["refit_cpu_seconds"] = time.process_time() - started
-            refit = {"best_test": best_test, "refit_test": retrained.metrics["test"]}
+            refit, refitted = _refit_if_affordable(state, design, retrained, rung)
+            retrained = refitted or retrained
+        if kept_fits:  # the study's kept run is in best/ (and refit/): the trials' are spent
+            _drop_trial_checkpoints(state, study)
         metrics = dict(retrained.metrics)
         metrics["noise_model"] = noise_model_report(state)
         write_json(retrained.run_dir / "metrics.json", metrics)

@@ -146,7 +146,16 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             )
         lines.append("")
     refit = summary.get("refit")
-    if refit:
+    if refit and refit["refit_test"] is None:
+        lines += [
+            "### Refit on everything clean",
+            "",
+            f"The chosen design was {refit['reason']} (`design.budget`): the refit comes after "
+            "the reference designs and the finalists in the budget. `best/` is the design's "
+            "model.",
+            "",
+        ]
+    elif refit:
         best, again = refit["best_test"], refit["refit_test"]
         lines += [
             "### Refit on everything clean",
@@ -176,13 +185,14 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             "",
             f"Every design was trained for the first {summary['trial_epochs']} epochs of its "
             f"schedule and scored on the clean meta split only, by its {label} (lower is "
-            "better; a design fitted on the meta set was trained twice, on each half, and "
-            "each image scored by the run that did not see it). The standard error is that of "
-            "the paired difference to the best design over the meta images; the best "
-            "designs (finalists) continued to the full epochs.",
+            "better; a design fitted on the meta set was trained on one half of it and scored "
+            "on the other, or with `design.cross_fit_swap` on each half, each image scored by "
+            "the run that did not see it: `scored` counts the images). The standard error is "
+            "that of the paired difference to the best design over the meta images both were "
+            "scored on; the best designs (finalists) continued to the full epochs.",
             "",
-            f"| trial | design | {label} | difference to best ± SE | sample-epochs | |",
-            "|---|---|---|---|---|---|",
+            f"| trial | design | {label} | difference to best ± SE | scored | sample-epochs | |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in summary["trials"]:
             marks = [name for name in ("chosen", "best", "finalist") if row.get(name)]
@@ -190,7 +200,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             lines.append(
                 f"| {row['trial']} | {row['name']} | {row['score']:.4f} | "
                 f"{row['difference_to_best']:+.4f} ± {row['standard_error']:.4f} | "
-                f"{row['sample_epochs'] or 0:.0f} | {mark} |"
+                f"{row.get('scored_images', '')} | {row['sample_epochs'] or 0:.0f} | {mark} |"
             )
         lines += ["", "![trials](design_trials.png)", ""]
     if summary["contributions"]:
