@@ -83,9 +83,19 @@ def design_version() -> str:
     from autorobust.design.config import DesignConfig
     from autorobust.design.space import REFERENCE_DESIGNS, DesignSpace
 
+    defaults = DesignConfig()
     content = {
-        "space": DesignSpace(DesignConfig()).describe(),
+        "space": DesignSpace(defaults).describe(),
         "references": [d.to_dict() for d in REFERENCE_DESIGNS],
+        # How the budget is spent: one half-fit per cross-fitted design at the first rung, and
+        # the refit, from the first rung, only from what the study and the finalists left.
+        "budget": {
+            "cross_fit_swap": defaults.cross_fit_swap,
+            "refit_reserved": False,
+            "refit_start": "first rung",
+        },
+        # The finalists' ensemble is kept only when better by more than one standard error.
+        "ensemble_margin": "one standard error",
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -236,6 +246,8 @@ def _design_extra(outcome: Any) -> dict[str, Any]:
         "final": outcome.final,
         "chosen_design": outcome.chosen["design"],
         "trials": len(summary["trials"]),
+        "trial_names": [row["name"] for row in sorted(summary["trials"], key=lambda r: r["trial"])],
+        "refitted": bool((summary.get("refit") or {}).get("refit_test")),
         "budget_used": cost.get("budget_used"),
         "design_cost": cost,
         "kept": (summary.get("retrained_data") or {}).get("train_size"),
@@ -326,26 +338,27 @@ def run_pool(
     previous = signal.signal(signal.SIGTERM, on_term)
     sink.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with sink.open("a", encoding="utf-8") as out:
-            while queue or running:
-                while queue and len(running) < max(1, workers):
-                    job = queue.pop(0)
-                    future: Future = executor.submit(run_unit, job)
-                    running[future] = job
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    row = future.result()
-                    rows.append(row)
+        while queue or running:
+            while queue and len(running) < max(1, workers):
+                job = queue.pop(0)
+                future: Future = executor.submit(run_unit, job)
+                running[future] = job
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                row = future.result()
+                rows.append(row)
+                # Opened for each row: a file replaced meanwhile (another run's summary, a git
+                # checkout) still gets it, where a handle held open would write to the old one.
+                with sink.open("a", encoding="utf-8") as out:
                     out.write(json.dumps(row) + "\n")
-                    out.flush()
-                    status = row.get("error") or (
-                        f"bal. {100 * row['balanced_accuracy']:.1f}%, {row['cpu_s']:.0f} CPU-s"
-                    )
-                    print(
-                        f"[{time.perf_counter() - started:6.0f} s] {label(job)}: {status}",
-                        flush=True,
-                    )
+                status = row.get("error") or (
+                    f"bal. {100 * row['balanced_accuracy']:.1f}%, {row['cpu_s']:.0f} CPU-s"
+                )
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] {label(job)}: {status}",
+                    flush=True,
+                )
     except (_Stop, KeyboardInterrupt) as exc:
         print(
             f"stopping ({exc or 'interrupt'}): {len(running)} running units ended, "
