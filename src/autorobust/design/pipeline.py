@@ -175,6 +175,20 @@ class _Pause(Exception):
     """Raised by a run's epoch callback once the epoch it was asked to reach is checkpointed."""
 
 
+def _copy_once(source: Path, target: Path) -> None:
+    """Copy the file ``source`` to ``target`` (its folder created), atomically, unless
+    ``target`` exists: a checkpoint another run starts from."""
+    if target.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+
+
+def _spent(state: DesignRun) -> float:
+    """Sample-epochs spent so far, every stage's (the ``*sample_epochs`` entries of the cost)."""
+    return sum(v for k, v in state.cost.items() if k.endswith("sample_epochs"))
+
+
 def _finished_epochs(run_dir: Path) -> int:
     """Epochs the checkpoint in ``run_dir`` holds (0 without one)."""
     path = run_dir / CHECKPOINT_NAME
@@ -398,11 +412,7 @@ def _start_from_probe(state: DesignRun, design: Design, fits: list[_Fit]) -> int
     the probe's run (a copy of its checkpoint, so that the probe itself stays as it was)."""
     if design != PROBE_DESIGN or state.probe_epochs > state.trial_epochs:
         return 0
-    target = fits[0].run_dir / CHECKPOINT_NAME
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = state.run_dir / "probe" / CHECKPOINT_NAME
-        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+    _copy_once(state.run_dir / "probe" / CHECKPOINT_NAME, fits[0].run_dir / CHECKPOINT_NAME)
     return state.probe_epochs
 
 
@@ -471,8 +481,7 @@ def _reserve(state: DesignRun, done: list[Any], continuation: float | None) -> f
     """Sample-epochs to keep free for the finalists' continuation, if the next trial (whose
     continuation costs ``continuation``; None: no next trial) may become one of the finalists.
     The refit is not reserved: it runs when what is left pays for it (``design.refit``)."""
-    finalists = _finalists(state, done)
-    costs = [t.user_attrs["continuation_sample_epochs"] for t in finalists]
+    costs = [t.user_attrs["continuation_sample_epochs"] for t in _finalists(state, done)]
     reserve = float(sum(costs))
     if continuation is None:
         return reserve
@@ -697,10 +706,8 @@ def _keep_rung_checkpoint(state: DesignRun, fit: _Fit) -> None:
     """Copy a finalist's checkpoint at the first rung to ``RUNG_CHECKPOINT`` beside it (once,
     atomically) before it continues, for the refit to start from."""
     target = fit.run_dir / RUNG_CHECKPOINT
-    if target.is_file() or _finished_epochs(fit.run_dir) != state.trial_epochs:
-        return
-    source = fit.run_dir / CHECKPOINT_NAME
-    atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+    if not target.is_file() and _finished_epochs(fit.run_dir) == state.trial_epochs:
+        _copy_once(fit.run_dir / CHECKPOINT_NAME, target)
 
 
 def _ensemble_probabilities(state: DesignRun, fits: list[_Fit], images: np.ndarray) -> np.ndarray:
@@ -789,11 +796,7 @@ def _final_run(state: DesignRun, fit: _Fit, best: Path | None = None) -> tuple[R
     measured on the test split (the run is finished: nothing more is trained). Returns (its
     result, the run at its new place)."""
     best = state.run_dir / "best" if best is None else best
-    target = best / CHECKPOINT_NAME
-    if not target.is_file():
-        best.mkdir(parents=True, exist_ok=True)
-        source = fit.run_dir / CHECKPOINT_NAME
-        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+    _copy_once(fit.run_dir / CHECKPOINT_NAME, best / CHECKPOINT_NAME)
     moved = dataclasses.replace(fit, config=fit.config.model_copy(update={"run_dir": str(best)}))
     result = train_run(moved.config, resume=True, splits=fit.splits, evaluate_test=True)
     return result, moved
@@ -833,12 +836,6 @@ def _refit_cost(state: DesignRun, design: Design, start: int) -> float:
     return float(size * (state.config.train.epochs - start) * design.cost_factor)
 
 
-def _refit_start(state: DesignRun, rung: Path | None) -> int:
-    """The epoch the refit starts from: the kept finalist's first rung when its checkpoint
-    there was kept (``rung``), else 0 (from scratch)."""
-    return state.trial_epochs if rung is not None and rung.is_file() else 0
-
-
 def _refit_if_affordable(
     state: DesignRun, design: Design, best: RunResult, rung: Path | None
 ) -> tuple[dict[str, Any], RunResult | None]:
@@ -848,9 +845,10 @@ def _refit_if_affordable(
     then the ``reason``; ``start_epoch``; ``budget_left`` and ``cost`` in trainings) and the
     refit's result (None when skipped). A refit already started (its checkpoint written) is
     finished whatever the budget says now."""
-    spent = sum(v for k, v in state.cost.items() if k.endswith("sample_epochs"))
-    left = state.config.design.budget * state.reference_cost - spent
-    start = _refit_start(state, rung)
+    left = state.config.design.budget * state.reference_cost - _spent(state)
+    # From the kept finalist's first rung when its checkpoint there was kept, else from scratch.
+    rung = rung if rung is not None and rung.is_file() else None
+    start = state.trial_epochs if rung is not None else 0
     cost = _refit_cost(state, design, start)
     entry: dict[str, Any] = {
         "best_test": best.metrics["test"],
@@ -867,7 +865,7 @@ def _refit_if_affordable(
         print(f"design: {entry['reason']}")
         return entry, None
     started = time.process_time()
-    result = _refit(state, design, rung if start else None)
+    result = _refit(state, design, rung)
     state.cost["refit_sample_epochs"] = cost
     state.cost["refit_cpu_seconds"] = time.process_time() - started
     entry["refit_test"] = result.metrics["test"]
@@ -1040,7 +1038,7 @@ def run_design(
         metrics["noise_model"] = noise_model_report(state)
         write_json(retrained.run_dir / "metrics.json", metrics)
         retrained = RunResult(run_dir=retrained.run_dir, metrics=metrics)
-    spent = sum(v for k, v in state.cost.items() if k.endswith("sample_epochs"))
+    spent = _spent(state)
     leave_one_out = []
     if config.design.leave_one_out and retrained is not None:
         leave_one_out = _leave_one_out(state, design)
