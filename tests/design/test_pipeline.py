@@ -482,3 +482,84 @@ def test_a_killed_trial_is_resumed_by_its_retry_not_trained_again(tmp_path: Path
     retried = [t for t in study.trials if t.user_attrs.get("resumed_from_trial") == 1]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert not dead.exists()  # its folder was taken over
+
+
+def test_the_noise_model_is_estimated_again_from_the_best_trial_not_fitted_on_the_meta_set(
+    tmp_path: Path,
+) -> None:
+    from autorobust.data.tensors import images_to_tensor
+    from autorobust.design.scoring import per_image_score, scored_balanced_mean
+    from autorobust.experiment import load_best_model
+    from autorobust.methods.glc.noise_model import estimate_noise_model
+    from autorobust.train.trainer import predict
+
+    # A probe of one epoch, trials of two: the second look's model is the better one.
+    config = _config(
+        tmp_path / "d", "design.budget=6", "design.probe_epochs=1", "design.trial_epochs=2"
+    )
+    run_design(config, retrain=False)  # the trials stay at their first rung
+    summary = json.loads((tmp_path / "d" / "design.json").read_text())
+    trials = {row["trial"]: row for row in summary["trials"]}
+    second = summary["noise_model"]["second_look"]
+    # Its source: the best first-rung trial among the designs that neither fit on the meta set
+    # nor read the noise model.
+    candidates = [
+        row for row in trials.values()
+        if not Design.from_dict(row["design"]).fits_meta
+        and row["design"]["treatment"] != "transition"
+    ]  # fmt: skip
+    best = min(candidates, key=lambda row: (row["score"], row["trial"]))
+    assert second["trial"] == best["trial"] and second["name"] == best["name"]
+    # The estimate is the confusion estimator on that trial's logits, computed explicitly here.
+    splits = build_splits(config)
+    design = Design.from_dict(best["design"])
+    trial_config = design_run_config(
+        config, design, epochs=config.train.epochs,
+        run_dir=tmp_path / "d" / "trials" / f"trial-{best['trial']:04d}",
+        noise_model_file=tmp_path / "d" / "noise_model.json",
+        relabel_file=pipeline.DesignRun(config, splits, tmp_path / "d", 1, 2).selection_file(design)
+        if design.treatment == "selection" else None,
+    )  # fmt: skip
+    trial_splits = build_splits(trial_config)
+    model, normalize, _ = load_best_model(trial_config, trial_splits)
+    logits = lambda images: predict(model, images_to_tensor(images, "cpu"), normalize).numpy()  # noqa: E731
+    meta_logits = logits(splits.meta.images)
+    expected = estimate_noise_model(
+        observed_labels=splits.train.labels, num_classes=10, method="confusion",
+        meta_logits=meta_logits, meta_labels=splits.meta.labels,
+        pool_logits=logits(splits.train.images), probe_tau=design.tau, check=True,
+        seed=config.seed,
+    )  # fmt: skip
+    saved = NoiseModel.load(tmp_path / "d" / "noise_model_second_look.json")
+    np.testing.assert_allclose(saved.clean_counts, expected.clean_counts)
+    np.testing.assert_allclose(saved.transition, expected.transition)
+    assert second["meta_score"] == pytest.approx(
+        scored_balanced_mean(
+            per_image_score(meta_logits, splits.meta.labels, 10, config.design.score),
+            splits.meta.labels, 10,
+        )
+    )  # fmt: skip
+    # It is used when its model scores better on the meta set than the probe; a transition
+    # design trained after it reads the file in use.
+    assert second["used"] == (second["meta_score"] < second["probe_meta_score"])
+    assert second["used"]
+    in_use = "noise_model_second_look.json" if second["used"] else "noise_model.json"
+    assert summary["noise_model"]["source"] == ("second look" if second["used"] else "probe")
+    assert summary["noise_model"]["estimate"]["clean_counts"] == pytest.approx(
+        (saved if second["used"] else NoiseModel.load(tmp_path / "d" / "noise_model.json"))
+        .clean_counts.tolist()
+    )
+    transition = [r for r in trials.values() if r["design"]["treatment"] == "transition"]
+    assert transition and all(r["trial"] > second["trial"] for r in transition)
+    for row in transition:
+        written = load_config(
+            tmp_path / "d" / "trials" / f"trial-{row['trial']:04d}" / "config.yaml"
+        )
+        assert Path(written.loss.options["noise_model_file"]).name == in_use
+    assert f"estimated again from trial {second['trial']}" in (
+        tmp_path / "d" / "design.md"
+    ).read_text()
+    # Errors of both estimates in a simulated shift.
+    error = summary["noise_model"]
+    assert 0.0 <= error["probe_error"]["prior_total_variation"] <= 1.0
+    assert 0.0 <= error["second_look_error"]["prior_total_variation"] <= 1.0

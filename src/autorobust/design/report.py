@@ -241,12 +241,8 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             )
         lines.append("")
     estimate = noise["estimate"]
+    lines += ["## Estimated noise model", "", *_noise_model_source(noise, summary), ""]
     lines += [
-        "## Estimated noise model",
-        "",
-        f"Estimated from the probe ({summary['probe_epochs']} epochs, logit adjustment) with the "
-        f"`{estimate['method']}` estimator (`noise_model.json`).",
-        "",
         *(
             [
                 f"**{estimate['check']['status'].capitalize()}** "
@@ -287,6 +283,13 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             f"{error['prior_total_variation']:.3f} (the observed counts: "
             f"{error['observed_prior_total_variation']:.3f}).",
         ]
+        other = "second_look_error" if noise.get("source") == "probe" else "probe_error"
+        if noise.get(other):
+            lines[-1] += (
+                f" The {'second look' if other == 'second_look_error' else 'probe'}'s estimate: "
+                f"total variation {noise[other]['prior_total_variation']:.3f}, mean row L1 "
+                f"{noise[other]['transition_row_l1_mean']:.3f}."
+            )
     lines += ["", "![noise model](noise_model.png)", ""]
     relabel = None
     if summary.get("retrained_data"):
@@ -330,3 +333,28 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
     path = run_dir / REPORT_NAME
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _noise_model_source(noise: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Where the noise model in use comes from: the probe, or the second look (and why)."""
+    estimate = noise["estimate"]
+    lines = [
+        f"Estimated from the probe ({summary['probe_epochs']} epochs, logit adjustment) with the "
+        f"`{noise['probe']['method'] if noise.get('probe') else estimate['method']}` estimator "
+        "(`noise_model.json`)."
+    ]
+    second = noise.get("second_look")
+    if second:
+        verdict = (
+            "it replaced the probe's estimate, and the tables below are the second look's"
+            if second["used"]
+            else "the probe's estimate was kept"
+        )
+        lines[0] += (
+            f" Then estimated again from trial {second['trial']} ({second['name']}), the best "
+            f"first-rung design that never fitted on the meta set "
+            f"(`noise_model_second_look.json`): its meta score {second['meta_score']:.4f} "
+            f"against the probe's {second['probe_meta_score']:.4f}, so {verdict}."
+        )
+    return lines
+
