@@ -559,6 +559,13 @@ def test_the_noise_model_is_estimated_again_from_the_best_trial_not_fitted_on_th
     assert f"estimated again from trial {second['trial']}" in (
         tmp_path / "d" / "design.md"
     ).read_text()
+    # A resumed run reads it back from its file, trials or not.
+    state = pipeline.DesignRun(config, splits, tmp_path / "d", 1, 2)
+    state.noise_model = state.probe_noise_model = NoiseModel.load(
+        tmp_path / "d" / "noise_model.json"
+    )
+    assert pipeline._take_second_look(state, []) is second["used"]
+    assert state.noise_model_file.name == in_use
     # Errors of both estimates in a simulated shift.
     error = summary["noise_model"]
     assert 0.0 <= error["probe_error"]["prior_total_variation"] <= 1.0

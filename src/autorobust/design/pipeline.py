@@ -284,7 +284,7 @@ def _take_second_look(state: DesignRun, done: list[Any]) -> bool:
 
     Returns:
         True when the noise model in use changed now, False when it did not (already looked,
-        the ``glc`` estimator, or no candidate yet).
+        the ``glc`` estimator, or no candidate in ``done`` and no file to read back).
     """
     if state.second_look is not None or state.config.design.noise_estimator != "confusion":
         return False
@@ -644,6 +644,9 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         directions=("minimize",),
     )  # fmt: skip
     budget = settings_cfg.budget * state.reference_cost
+    # A resumed study reads back the second look it took (a retry of a trial trained after it
+    # must build the same config).
+    _take_second_look(state, [])
     # A TPE proposal may be the costliest design the space holds.
     first_rung, continuation_factor = _costliest_factors(settings_cfg)
     worst = (
