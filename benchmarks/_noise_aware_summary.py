@@ -98,10 +98,13 @@ def grid_table(rows: list[dict], budget: float) -> str:
 
 
 def chosen_table(rows: list[dict], budget: float) -> str:
-    """The design chosen per (ρ, noise, seed), its trials and the budget it used."""
+    """The design chosen per (ρ, noise, seed), its trials, the budget it used and its noise
+    model: which estimate is in use and the prior's total variation from the truth (the
+    probe's estimate's, the observed counts')."""
     lines = [
-        "| ρ | noise | seed | design kept | trials | budget used |",
-        "|---|---|---|---|---|---|",
+        "| ρ | noise | seed | design kept | trials | budget used | noise model in use: prior TV "
+        "(probe's; observed counts') |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rho, noise in _cells(rows):
         for r in sorted(_group(rows, rho, noise, "design", budget), key=lambda r: r["seed"]):
@@ -112,9 +115,22 @@ def chosen_table(rows: list[dict], budget: float) -> str:
                 final = f"ensemble({final.replace(' | ', '; ')})"
             lines.append(
                 f"| {rho:g} | {NOISE_NAMES[noise]} | {r['seed']} | {final} | "
-                f"{r['trials']} | {r['budget_used']:.2f} |"
+                f"{r['trials']} | {r['budget_used']:.2f} | {_noise_model_cell(r)} |"
             )
     return "\n".join(lines)
+
+
+def _noise_model_cell(row: dict) -> str:
+    """``second look 0.071 (0.169; 0.160)``: the source and prior TV of a design row's noise
+    model; "–" for rows without one."""
+    error = row.get("noise_model_error")
+    if not error:
+        return "–"
+    probe = error.get("probe_prior_total_variation", error["prior_total_variation"])
+    return (
+        f"{error.get('source', 'probe')} {error['prior_total_variation']:.3f} "
+        f"({probe:.3f}; {error['observed_prior_total_variation']:.3f})"
+    )
 
 
 def budget_rows(rows: list[dict], rho: float, noise: str) -> dict[float, list[dict]]:
