@@ -43,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MARKERS = ("<!-- noise-model-benchmark:start -->", "<!-- noise-model-benchmark:end -->")
 PROBES = ("cross_entropy", "logit_adjustment")
 ESTIMATORS = ("glc", "confusion", "confusion_corrected", "confusion_shrunk")
-CHECKED = ("checked", "checked_pool")
+CHECKED = ("checked", "checked_pool", "checked_fitted")
 # The noise-aware benchmark's noises, under this benchmark's names.
 NOISES: dict[str, list[str]] = {
     "symmetric": UNIT_NOISES["sym40"],
@@ -149,6 +149,10 @@ def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     truth = true_transition(clean, labels, k), np.bincount(clean, minlength=k)
     tau = 1.0 if result["probe"] == "logit_adjustment" else 0.0
     common = {"observed_labels": labels, "num_classes": k, "probe_tau": tau}
+    # The probe's fitted posterior z + τ log π̃ (its prediction on the pool's label distribution)
+    # instead of the balanced argmax z: the classifier whose confusion the shrinkage of M towards
+    # the identity biases least, since it misclassifies the fewest pool images.
+    fitted = tau * np.log(np.bincount(labels, minlength=k) / len(labels))
     models = {
         "glc": estimate_noise_model(
             method="glc", meta_logits=logits["meta"], meta_labels=result["meta_labels"], **common
@@ -171,6 +175,11 @@ def estimate_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         "checked_pool": estimate_noise_model(  # M shrunk towards the pool's confusion, checked
             method="confusion", pool_logits=logits["pool"], meta_logits=logits["meta"],
             meta_labels=result["meta_labels"], confusion_target="pool", check=True, **common,
+        ),
+        "checked_fitted": estimate_noise_model(  # predictions from the fitted posterior, checked
+            method="confusion", pool_logits=logits["pool"] + fitted,
+            meta_logits=logits["meta"] + fitted, meta_labels=result["meta_labels"], check=True,
+            **common,
         ),
     }  # fmt: skip
     if result["models_dir"]:
@@ -285,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = summarise(rows)
     probe_cpu = statistics.fmean(row["probe_cpu_s"] for row in rows)
+    argv_used = [
+        "--seeds", *map(str, args.seeds), "--noise", *args.noise, "--rho", *map(str, args.rho),
+        "--n-max", str(args.n_max), "--probes", *args.probes, "--epochs", str(args.epochs),
+        "--logits-dir", "/tmp/probes",
+    ]  # fmt: skip
     note = (
         f"Fashion-MNIST, long tail ρ in {args.rho}, n_max {args.n_max}, 40% symmetric or pair "
         f"noise or head-to-tail noise (keep 0.6), meta set 10 per class; probes `small_cnn` "
@@ -292,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         f"thread; seeds {', '.join(map(str, args.seeds))}. Entries: total variation between the "
         f"prior (n̂ / N) and the pool's true clean prior, mean (min–max) over seeds; `checked`: "
         f"the default estimate with `check=True` (bootstrap James–Stein shrinkage towards no "
-        f"noise), `checked_pool`: the same with `confusion_target='pool'`; decisions per seed "
-        f"(status, λ). Reproduce: `python benchmarks/noise_model.py --logits-dir /tmp/probes`."
+        f"noise), `checked_pool`: the same with `confusion_target='pool'`, `checked_fitted`: "
+        f"the same as `checked` with the probe's predictions taken from its fitted posterior "
+        f"z + τ log π̃ instead of argmax z; decisions per seed (status, λ). Reproduce: "
+        f"`python benchmarks/noise_model.py {' '.join(argv_used)}`."
     )
     write_results(
         args.out,
