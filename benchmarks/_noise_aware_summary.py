@@ -121,8 +121,8 @@ def chosen_table(rows: list[dict], budget: float) -> str:
 
 
 def _noise_model_cell(row: dict) -> str:
-    """``second look 0.071 (0.169; 0.160)``: the source and prior TV of a design row's noise
-    model; "–" for rows without one."""
+    """``average 0.071 (0.169; 0.160)``: the source and prior TV of a design row's noise model
+    (the probe's in brackets, then the observed counts'); "–" for rows without one."""
     error = row.get("noise_model_error")
     if not error:
         return "–"

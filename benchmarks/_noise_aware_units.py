@@ -97,8 +97,9 @@ def design_version() -> str:
         # The finalists' ensemble is kept only when better by more than one standard error.
         "ensemble_margin": "one standard error",
         # The noise model is estimated again from the best trial that never fitted on the meta
-        # set, after the leading references (transition designs trained later read it).
-        "noise_model": "second look",
+        # set, after the leading references, and averaged with the probe's (transition designs
+        # trained later read the average).
+        "noise_model": "average of the probe's and the second look's",
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 

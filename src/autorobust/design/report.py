@@ -242,22 +242,28 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         lines.append("")
     estimate = noise["estimate"]
     lines += ["## Estimated noise model", "", *_noise_model_source(noise, summary), ""]
+    checked = [("", estimate)] if estimate.get("check") else []
+    if not checked:  # the average: each of its two estimates has its own verdict
+        checked = [
+            (f"{name}: ", noise[key] if key == "probe" else noise[key]["estimate"])
+            for key, name in (("probe", "The probe's estimate"), ("second_look", "The second look"))
+            if noise.get(key) and (noise[key].get("check") or noise[key].get("estimate"))
+        ]
+    for prefix, model in checked:
+        check = model.get("check")
+        if not check:
+            continue
+        lines += [
+            f"{prefix}**{check['status'].capitalize()}** "
+            f"(shrinkage λ = {check['shrinkage']:.2f} towards no noise): {check['reason']}"
+            + (
+                " Transition designs were therefore not among the references."
+                if check["status"] == "rejected" and noise.get("source") == "probe"
+                else ""
+            ),
+            "",
+        ]
     lines += [
-        *(
-            [
-                f"**{estimate['check']['status'].capitalize()}** "
-                f"(shrinkage λ = {estimate['check']['shrinkage']:.2f} towards no noise): "
-                f"{estimate['check']['reason']}"
-                + (
-                    " Transition designs were therefore not among the references."
-                    if estimate["check"]["status"] == "rejected"
-                    else ""
-                ),
-                "",
-            ]
-            if estimate.get("check")
-            else []
-        ),
         "| class | observed labels | estimated clean n̂ | estimated P(label kept) |"
         + (" true clean | true P(label kept) |" if noise.get("error") else ""),
         "|---|---|---|---|" + ("---|---|" if noise.get("error") else ""),
@@ -283,13 +289,13 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
             f"{error['prior_total_variation']:.3f} (the observed counts: "
             f"{error['observed_prior_total_variation']:.3f}).",
         ]
-        other = "second_look_error" if noise.get("source") == "probe" else "probe_error"
-        if noise.get(other):
-            lines[-1] += (
-                f" The {'second look' if other == 'second_look_error' else 'probe'}'s estimate: "
-                f"total variation {noise[other]['prior_total_variation']:.3f}, mean row L1 "
-                f"{noise[other]['transition_row_l1_mean']:.3f}."
-            )
+        for key, name in (("probe_error", "probe"), ("second_look_error", "second look")):
+            if noise.get("source") == "average" and noise.get(key):
+                lines[-1] += (
+                    f" The {name}'s estimate alone: total variation "
+                    f"{noise[key]['prior_total_variation']:.3f}, mean row L1 "
+                    f"{noise[key]['transition_row_l1_mean']:.3f}."
+                )
     lines += ["", "![noise model](noise_model.png)", ""]
     relabel = None
     if summary.get("retrained_data"):
@@ -345,16 +351,13 @@ def _noise_model_source(noise: dict[str, Any], summary: dict[str, Any]) -> list[
     ]
     second = noise.get("second_look")
     if second:
-        verdict = (
-            "it replaced the probe's estimate, and the tables below are the second look's"
-            if second["used"]
-            else "the probe's estimate was kept"
-        )
         lines[0] += (
             f" Then estimated again from trial {second['trial']} ({second['name']}), the best "
             f"first-rung design that never fitted on the meta set "
-            f"(`noise_model_second_look.json`): its meta score {second['meta_score']:.4f} "
-            f"against the probe's {second['probe_meta_score']:.4f}, so {verdict}."
+            f"(`noise_model_second_look.json`; its meta score {second['meta_score']:.4f}, the "
+            f"probe's {second['probe_meta_score']:.4f}). Neither estimate is reliably the "
+            "closer to the truth, so the design uses their average "
+            "(`noise_model_average.json`), which the tables below show."
         )
     return lines
 

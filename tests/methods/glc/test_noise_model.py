@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from autorobust.errors import ConfigError, DataError
 from autorobust.methods.glc.noise_model import (
     NoiseModel,
+    average_noise_models,
     confusion_matrix,
     estimate_clean_counts,
     estimate_noise_model,
@@ -258,3 +259,29 @@ def test_constructor_validates() -> None:
             clean_counts=np.ones(2),
             observed_counts=np.ones(2, dtype=int),
         )
+
+
+def test_the_average_of_two_noise_models_averages_their_joint_counts() -> None:
+    observed = np.array([50, 30, 20])
+    a = NoiseModel(
+        transition=np.array([[0.8, 0.2, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 0.9]]),
+        clean_counts=np.array([60.0, 20.0, 20.0]),
+        observed_counts=observed,
+    )
+    b = NoiseModel(
+        transition=np.eye(3), clean_counts=np.array([50.0, 30.0, 20.0]), observed_counts=observed
+    )
+    average = average_noise_models([a, b], info={"from": "test"})
+    # Clean counts: the mean; class 0's row: (60 * [0.8, 0.2, 0] + 50 * [1, 0, 0]) / 2 / 55.
+    np.testing.assert_allclose(average.clean_counts, [55.0, 25.0, 20.0])
+    np.testing.assert_allclose(average.transition[0], [98 / 110, 12 / 110, 0.0])
+    np.testing.assert_allclose(average.transition[1], [0.0, 1.0, 0.0])
+    assert average.method == "average" and average.info == {"from": "test"}
+    # Its prior's total variation from any prior is at most the mean of the two (convexity).
+    truth = np.array([0.7, 0.2, 0.1])
+    tv = lambda m: 0.5 * np.abs(m.prior - truth).sum()  # noqa: E731
+    assert tv(average) <= (tv(a) + tv(b)) / 2 + 1e-12
+    with pytest.raises(ValueError, match="different observed counts"):
+        average_noise_models([a, NoiseModel(np.eye(3), np.ones(3), np.array([1, 1, 1]))])
+    with pytest.raises(ValueError, match="at least one"):
+        average_noise_models([])

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_RESAMPLES",
     "NoiseModel",
     "NoiseModelCheck",
+    "average_noise_models",
     "confusion_matrix",
     "estimate_clean_counts",
     "estimate_noise_model",
@@ -783,6 +784,51 @@ def shrink_noise_model(
         method=model.method,
         info=model.info,
         check=model.check if check is None else check,
+    )
+
+
+def average_noise_models(
+    models: Sequence[NoiseModel], *, info: dict[str, Any] | None = None
+) -> NoiseModel:
+    """The equal-weight average of estimates of the same pool's noise model.
+
+    The joint counts average: diag(n) T = mean_i diag(n̂_i) T̂_i, so n = mean_i n̂_i (float (K,),
+    summing to N) and row c of T is the averaged row c over n_c (the identity row for a class
+    without mass). The total variation of the averaged prior from any prior π is at most the mean
+    of the estimates' (it is convex), so two estimates that are each closer to the truth than the
+    observed counts give an average that is too, and one that is not is diluted.
+
+    Args:
+        models: at least one :class:`NoiseModel`, all with the same observed counts.
+        info: notes stored with the result.
+
+    Returns:
+        A :class:`NoiseModel` with ``method`` "average" and no ``check`` (each estimate keeps
+        its own).
+
+    Raises:
+        ValueError: no model, or models of pools with other observed counts.
+    """
+    if not models:
+        raise ValueError("average_noise_models needs at least one model")
+    observed = models[0].observed_counts
+    for model in models[1:]:
+        if model.num_classes != models[0].num_classes or not np.array_equal(
+            model.observed_counts, observed
+        ):
+            raise ValueError("average_noise_models: the models explain different observed counts")
+    k = models[0].num_classes
+    joint = np.mean([m.clean_counts[:, None] * m.transition for m in models], axis=0)
+    counts = joint.sum(axis=1)
+    transition = np.where(
+        counts[:, None] > 0, joint / np.maximum(counts, 1e-300)[:, None], np.eye(k)
+    )
+    return NoiseModel(
+        transition=transition / transition.sum(axis=1, keepdims=True),
+        clean_counts=counts,
+        observed_counts=observed,
+        method="average",
+        info=dict(info or {}),
     )
 
 
