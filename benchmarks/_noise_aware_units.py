@@ -149,7 +149,7 @@ def _noise_model_error(metrics: dict[str, Any]) -> dict[str, Any] | None:
             "prior_log_ratio_max",
         )
     }
-    # Which estimate is in use (the probe's, or the second look's from the best trial), and the
+    # Which estimate is in use (the probe's, or its average with the second look's), and the
     # probe's own error beside it.
     row["source"] = report.get("source", "probe")
     if report.get("probe_error"):

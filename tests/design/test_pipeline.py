@@ -556,10 +556,11 @@ def test_the_noise_model_is_estimated_again_from_the_best_trial_and_the_two_are_
     )
     # Its prior is no further from the truth than the two estimates' mean distance.
     error = summary["noise_model"]
-    assert error["error"]["prior_total_variation"] <= 1e-12 + (
+    mean = (
         error["probe_error"]["prior_total_variation"]
         + error["second_look_error"]["prior_total_variation"]
     ) / 2
+    assert error["error"]["prior_total_variation"] <= mean + 1e-12
     transition = [r for r in trials.values() if r["design"]["treatment"] == "transition"]
     assert transition and all(r["trial"] > second["trial"] for r in transition)
     for row in transition:
@@ -567,9 +568,13 @@ def test_the_noise_model_is_estimated_again_from_the_best_trial_and_the_two_are_
             tmp_path / "d" / "trials" / f"trial-{row['trial']:04d}" / "config.yaml"
         )
         assert Path(written.loss.options["noise_model_file"]).name == in_use
-    assert f"estimated again from trial {second['trial']}" in (
-        tmp_path / "d" / "design.md"
-    ).read_text()
+    report = (tmp_path / "d" / "design.md").read_text()
+    assert f"estimated again from trial {second['trial']}" in report
+    # Each averaged estimate's own check verdict is in the report.
+    for name, model in (("The probe's estimate", probe), ("The second look", saved)):
+        assert model.check is not None
+        assert f"{name}: **{model.check.status.capitalize()}**" in report
+        assert model.check.reason in report
     # A resumed run reads it back from its file, trials or not.
     state = pipeline.DesignRun(config, splits, tmp_path / "d", 1, 2)
     state.noise_model = state.probe_noise_model = NoiseModel.load(

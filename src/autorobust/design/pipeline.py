@@ -347,16 +347,6 @@ def _take_second_look(state: DesignRun, done: list[Any]) -> bool:
     return True
 
 
-def _noise_model_errors(state: DesignRun, model: NoiseModel) -> dict[str, Any]:
-    pool = state.splits.train
-    k = state.splits.num_classes
-    truth = true_transition(pool.clean_labels, pool.labels, k)
-    error = noise_model_errors(model, truth, np.bincount(pool.clean_labels, minlength=k))
-    error["true_transition"] = truth.tolist()
-    error["true_diagonal"] = np.diag(truth).tolist()
-    return error
-
-
 def noise_model_report(state: DesignRun) -> dict[str, Any]:
     """The noise model in use as JSON values (``estimate``: the probe's, or the average of the
     probe's and the second look's), the probe's (``probe``) and the second look's
@@ -373,11 +363,19 @@ def noise_model_report(state: DesignRun) -> dict[str, Any]:
         else {**second.info["second_look"], "estimate": second.to_dict()},
     }
     if state.config.shift.noise != "none":
-        report["error"] = _noise_model_errors(state, state.noise_model)
-        report["probe_error"] = _noise_model_errors(state, state.probe_noise_model)
-        report["second_look_error"] = (
-            None if second is None else _noise_model_errors(state, second)
-        )
+        pool = state.splits.train
+        k = state.splits.num_classes
+        truth = true_transition(pool.clean_labels, pool.labels, k)
+        counts = np.bincount(pool.clean_labels, minlength=k)
+        given = {"true_transition": truth.tolist(), "true_diagonal": np.diag(truth).tolist()}
+        for key, model in (
+            ("error", state.noise_model),
+            ("probe_error", state.probe_noise_model),
+            ("second_look_error", second),
+        ):
+            report[key] = (
+                None if model is None else {**noise_model_errors(model, truth, counts), **given}
+            )
     return report
 
 
@@ -705,8 +703,10 @@ def _run_study(state: DesignRun, default_study_name: str) -> Any:
         first = next_reference()
         # Past the leading references the noise model is looked at again (once), before any
         # design that may read it is trained.
-        if not retries and first not in LEADING_REFERENCE_DESIGNS and _take_second_look(
-            state, done
+        if (
+            not retries
+            and first not in LEADING_REFERENCE_DESIGNS
+            and _take_second_look(state, done)
         ):
             first = next_reference()
         proposal = spent + worst[0] + _reserve(state, done, worst[1]) + _refit_reserve(state, done)
@@ -1141,6 +1141,7 @@ def run_design(
         chosen = {"trial": None, "design": fixed.to_dict(), "name": fixed.describe()}
         table = [chosen]
     design = Design.from_dict(chosen["design"])
+    noise = noise_model_report(state)  # final once the study (and its second look) is done
     contributions = _contributions(state, design, table) if fixed is None else []
     retrained = None
     if retrain:
@@ -1163,7 +1164,7 @@ def run_design(
         if kept_fits:  # the study's kept run is in best/ (and refit/): the trials' are spent
             _drop_trial_checkpoints(state, study)
         metrics = dict(retrained.metrics)
-        metrics["noise_model"] = noise_model_report(state)
+        metrics["noise_model"] = noise
         write_json(retrained.run_dir / "metrics.json", metrics)
         retrained = RunResult(run_dir=retrained.run_dir, metrics=metrics)
     spent = _spent(state)
@@ -1191,7 +1192,7 @@ def run_design(
         "trials": table,
         "contributions": contributions,
         "leave_one_out": leave_one_out,
-        "noise_model": noise_model_report(state),
+        "noise_model": noise,
         "cost": state.cost,
         "probe_epochs": probe_epochs,
         "trial_epochs": trial_epochs,

@@ -242,27 +242,26 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         lines.append("")
     estimate = noise["estimate"]
     lines += ["## Estimated noise model", "", *_noise_model_source(noise, summary), ""]
-    checked = [("", estimate)] if estimate.get("check") else []
-    if not checked:  # the average: each of its two estimates has its own verdict
-        checked = [
-            (f"{name}: ", noise[key] if key == "probe" else noise[key]["estimate"])
-            for key, name in (("probe", "The probe's estimate"), ("second_look", "The second look"))
-            if noise.get(key) and (noise[key].get("check") or noise[key].get("estimate"))
-        ]
-    for prefix, model in checked:
-        check = model.get("check")
-        if not check:
-            continue
+    # The verdict of the estimate in use, or (the average has none) of each estimate averaged.
+    second = (noise.get("second_look") or {}).get("estimate")
+    verdicts = [
+        (prefix, model["check"])
+        for prefix, model in (
+            [("", estimate)]
+            if estimate.get("check")
+            else [("The probe's estimate: ", noise["probe"]), ("The second look: ", second)]
+        )
+        if model and model.get("check")
+    ]
+    for prefix, check in verdicts:
         lines += [
             f"{prefix}**{check['status'].capitalize()}** "
-            f"(shrinkage λ = {check['shrinkage']:.2f} towards no noise): {check['reason']}"
-            + (
-                " Transition designs were therefore not among the references."
-                if check["status"] == "rejected" and noise.get("source") == "probe"
-                else ""
-            ),
+            f"(shrinkage λ = {check['shrinkage']:.2f} towards no noise): {check['reason']}",
             "",
         ]
+    # As in the study: transition designs are left out only when every estimate was rejected.
+    if verdicts and all(check["status"] == "rejected" for _, check in verdicts):
+        lines[-2] += " Transition designs were therefore not among the references."
     lines += [
         "| class | observed labels | estimated clean n̂ | estimated P(label kept) |"
         + (" true clean | true P(label kept) |" if noise.get("error") else ""),
@@ -342,12 +341,11 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
 
 
 def _noise_model_source(noise: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    """Where the noise model in use comes from: the probe, or the second look (and why)."""
-    estimate = noise["estimate"]
+    """Where the noise model in use comes from: the probe, or the average of the probe's and the
+    second look's (and why)."""
     lines = [
         f"Estimated from the probe ({summary['probe_epochs']} epochs, logit adjustment) with the "
-        f"`{noise['probe']['method'] if noise.get('probe') else estimate['method']}` estimator "
-        "(`noise_model.json`)."
+        f"`{noise['probe']['method']}` estimator (`noise_model.json`)."
     ]
     second = noise.get("second_look")
     if second:
@@ -360,4 +358,3 @@ def _noise_model_source(noise: dict[str, Any], summary: dict[str, Any]) -> list[
             "(`noise_model_average.json`), which the tables below show."
         )
     return lines
-

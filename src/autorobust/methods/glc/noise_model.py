@@ -770,11 +770,7 @@ def shrink_noise_model(
     joint = factor * model.clean_counts[:, None] * model.transition + (1 - factor) * np.diag(
         observed
     )
-    counts = joint.sum(axis=1)
-    transition = np.where(
-        counts[:, None] > 0, joint / np.maximum(counts, 1e-300)[:, None], np.eye(k)
-    )
-    transition = transition / transition.sum(axis=1, keepdims=True)
+    counts, transition = _from_joint(joint)
     counts = counts * (observed.sum() / counts.sum())
     counts = _apply_floor(counts, floor * observed.sum() / k)
     return NoiseModel(
@@ -785,6 +781,16 @@ def shrink_noise_model(
         info=model.info,
         check=model.check if check is None else check,
     )
+
+
+def _from_joint(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, T) of joint counts float (K, K), diag(n) T = joint: n its row sums, T its rows over
+    them (the identity row for a class without mass), rows summing to 1."""
+    counts = joint.sum(axis=1)
+    transition = np.where(
+        counts[:, None] > 0, joint / np.maximum(counts, 1e-300)[:, None], np.eye(len(counts))
+    )
+    return counts, transition / transition.sum(axis=1, keepdims=True)
 
 
 def average_noise_models(
@@ -817,14 +823,11 @@ def average_noise_models(
             model.observed_counts, observed
         ):
             raise ValueError("average_noise_models: the models explain different observed counts")
-    k = models[0].num_classes
-    joint = np.mean([m.clean_counts[:, None] * m.transition for m in models], axis=0)
-    counts = joint.sum(axis=1)
-    transition = np.where(
-        counts[:, None] > 0, joint / np.maximum(counts, 1e-300)[:, None], np.eye(k)
+    counts, transition = _from_joint(
+        np.mean([m.clean_counts[:, None] * m.transition for m in models], axis=0)
     )
     return NoiseModel(
-        transition=transition / transition.sum(axis=1, keepdims=True),
+        transition=transition,
         clean_counts=counts,
         observed_counts=observed,
         method="average",
