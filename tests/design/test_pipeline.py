@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-import autorobust.design.pipeline as pipeline
 from autorobust.cli import main
 from autorobust.config import load_config
+from autorobust.design import _finalists, _probe, _study
+from autorobust.design._finalists import compare_ensemble, ensemble_run
+from autorobust.design._fits import design_fits, design_splits, meta_scores, train_until
+from autorobust.design._probe import run_probe, take_second_look
+from autorobust.design._refit import with_meta_in_pool
+from autorobust.design._state import DesignRun
+from autorobust.design._study import costliest_factors
 from autorobust.design.pipeline import design_run_config, run_design
 from autorobust.design.space import (
     AUTOBALANCE_DESIGN,
@@ -86,7 +92,6 @@ def test_design_runs_every_stage_and_reports_the_chosen_components(tmp_path: Pat
 def test_design_resumes_after_an_interruption_to_the_same_result(tmp_path, monkeypatch) -> None:
     full = run_design(_config(tmp_path / "full"))
 
-    train_until = pipeline._train_until
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -95,10 +100,13 @@ def test_design_resumes_after_an_interruption_to_the_same_result(tmp_path, monke
             raise KeyboardInterrupt
         return train_until(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_train_until", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_design(_config(tmp_path / "cut"))
-    monkeypatch.setattr(pipeline, "_train_until", train_until)
+    # Every stage that trains a paused run (the probe, the trials, the finalists).
+    stages = (_probe, _study, _finalists)
+    with monkeypatch.context() as patch:
+        for stage in stages:
+            patch.setattr(stage, "train_until", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_design(_config(tmp_path / "cut"))
     resumed = run_design(_config(tmp_path / "cut"))
 
     assert resumed.chosen["name"] == full.chosen["name"]
@@ -185,11 +193,11 @@ def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> No
     """The design applies a selection to the splits in memory; a user training the same config
     from the command line builds them from the file: both must be the same data."""
     config = _config(tmp_path / "s")
-    state = pipeline.DesignRun(config, build_splits(config), tmp_path / "s", 2, 2)
-    pipeline._run_probe(state)
+    state = DesignRun(config, build_splits(config), tmp_path / "s", 2, 2)
+    run_probe(state)
     design = dataclasses.replace(REFERENCE_DESIGNS[5], pseudo_label=True)
     assert design.relabel and design.detector == "posterior"
-    in_memory, relabel_file = pipeline._design_splits(state, design)
+    in_memory, relabel_file = design_splits(state, design)
     built = build_splits(
         design_run_config(config, design, epochs=2, run_dir=tmp_path / "x",
                           relabel_file=relabel_file)
@@ -249,12 +257,12 @@ def test_a_paused_run_continues_to_the_weights_of_an_uninterrupted_one(tmp_path:
     splits = build_splits(config)
     whole = design_run_config(config, REFERENCE_DESIGNS[0], epochs=4, run_dir=tmp_path / "a")
     paused = design_run_config(config, REFERENCE_DESIGNS[0], epochs=4, run_dir=tmp_path / "b")
-    pipeline._train_until(whole, splits, 4)
-    assert pipeline._train_until(paused, splits, 2) is None
+    train_until(whole, splits, 4)
+    assert train_until(paused, splits, 2) is None
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
-    assert pipeline._train_until(paused, splits, 1) is None  # already there: trains nothing
+    assert train_until(paused, splits, 1) is None  # already there: trains nothing
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
-    result = pipeline._train_until(paused, splits, 4)
+    result = train_until(paused, splits, 4)
     assert result is not None and result.metrics["run"]["epochs"] == 4
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
@@ -264,17 +272,17 @@ def test_a_paused_run_continues_to_the_weights_of_an_uninterrupted_one(tmp_path:
 
 def test_a_design_fitted_on_the_meta_set_is_cross_fitted(tmp_path: Path) -> None:
     config = _config(tmp_path / "x")
-    state = pipeline.DesignRun(config, build_splits(config), tmp_path / "x", 2, 2)
-    pipeline._run_probe(state)
+    state = DesignRun(config, build_splits(config), tmp_path / "x", 2, 2)
+    run_probe(state)
     meta = state.splits.meta
     # By default one run, fitted on one stratified half and scored on the other.
-    (half,) = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "h")
+    (half,) = design_fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "h")
     assert half.run_dir.name == "meta-half-0" and half.scored.sum() == len(meta) // 2
     # With the swap, a second run is fitted on the second half and scored on the first.
     state.config = config.model_copy(
         update={"design": config.design.model_copy(update={"cross_fit_swap": True})}
     )
-    fits = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "t")
+    fits = design_fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "t")
     assert [f.run_dir.name for f in fits] == ["meta-half-0", "meta-half-1"]
     assert np.array_equal(fits[0].scored, half.scored)
     first, second = (set(f.splits.meta_index.tolist()) for f in fits)
@@ -286,20 +294,20 @@ def test_a_design_fitted_on_the_meta_set_is_cross_fitted(tmp_path: Path) -> None
         assert np.array_equal(fit.scored, ~fitted)
         assert fit.config.bilevel.upper_data == "meta"
     for fit in fits:
-        pipeline._train_until(fit.config, fit.splits, 1)
-    scores = pipeline._scores(state, fits)
+        train_until(fit.config, fit.splits, 1)
+    scores = meta_scores(state, fits)
     assert scores.shape == (len(meta),) and np.isfinite(scores).all()
-    alone = pipeline._scores(state, fits[:1])
+    alone = meta_scores(state, fits[:1])
     assert np.isnan(alone[~fits[0].scored]).all() and np.isfinite(alone[fits[0].scored]).all()
     assert np.array_equal(alone[fits[0].scored], scores[fits[0].scored])
     # A design that fits nothing on the meta set trains once and is scored on every image.
-    (plain,) = pipeline._fits(state, ROLT_DESIGN, tmp_path / "x" / "r")
+    (plain,) = design_fits(state, ROLT_DESIGN, tmp_path / "x" / "r")
     assert plain.scored.all() and len(plain.splits.meta) == len(meta)
     # Without cross-fitting, AutoBalance fits on the meta images that score it.
     state.config = config.model_copy(
         update={"design": config.design.model_copy(update={"cross_fit": False})}
     )
-    (whole,) = pipeline._fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "w")
+    (whole,) = design_fits(state, AUTOBALANCE_DESIGN, tmp_path / "x" / "w")
     assert whole.scored.all()
 
 
@@ -312,7 +320,7 @@ def test_refit_trains_the_chosen_design_on_the_pool_and_the_meta_set(tmp_path: P
         "design.refit=true",
     )
     splits = build_splits(config)
-    merged = pipeline.with_meta_in_pool(splits)
+    merged = with_meta_in_pool(splits)
     pool, meta = splits.train, splits.meta
     assert len(merged.train) == len(pool) + len(meta)
     assert np.array_equal(merged.train.images[len(pool) :], meta.images)
@@ -344,16 +352,16 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
 
     config = _config(tmp_path / "e")
     splits = build_splits(config)
-    state = pipeline.DesignRun(config, splits, tmp_path / "e", 2, 2)
-    pipeline._run_probe(state)
+    state = DesignRun(config, splits, tmp_path / "e", 2, 2)
+    run_probe(state)
     finalists = [
-        (design, pipeline._fits(state, design, tmp_path / "e" / name)[0])
+        (design, design_fits(state, design, tmp_path / "e" / name)[0])
         for design, name in ((REFERENCE_DESIGNS[0], "a"), (AUTOBALANCE_DESIGN, "b"))
     ]
     for _, fit in finalists:
-        pipeline._train_until(fit.config, fit.splits, 6)
+        train_until(fit.config, fit.splits, 6)
     final: dict = {}
-    kept = pipeline._ensemble(state, finalists, pipeline._scores(state, [finalists[0][1]]), final)
+    kept = compare_ensemble(state, finalists, meta_scores(state, [finalists[0][1]]), final)
     row = final["ensemble"]
     # Scored only where every member may be: the cross-fitted AutoBalance run's other half.
     assert row["scored_images"] == int(finalists[1][1].scored.sum()) == 50
@@ -365,11 +373,9 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
     state.config = config.model_copy(
         update={"design": config.design.model_copy(update={"one_standard_error": False})}
     )
-    kept_without = pipeline._ensemble(
-        state, finalists, pipeline._scores(state, [finalists[0][1]]), {}
-    )
+    kept_without = compare_ensemble(state, finalists, meta_scores(state, [finalists[0][1]]), {})
     assert kept_without == (row["difference"] <= 0.0)
-    result = pipeline._ensemble_run(state, [fit for _, fit in finalists])
+    result = ensemble_run(state, [fit for _, fit in finalists])
     best = tmp_path / "e" / "best"
     loaded = load_model(best)
     assert isinstance(loaded, LoadedEnsemble) and len(loaded.members) == 2
@@ -430,13 +436,13 @@ def test_the_budget_counts_a_proposal_at_the_costliest_design_of_the_space() -> 
 
     # A selection with pseudo-labels costs 2.3 per sample-epoch; AutoBalance 1.3, twice at the
     # first rung when the cross-fitting halves are swapped.
-    assert pipeline._costliest_factors(DesignConfig()) == pytest.approx((2.3, 2.3))
+    assert costliest_factors(DesignConfig()) == pytest.approx((2.3, 2.3))
     swapped = DesignConfig(cross_fit_swap=True)
-    assert pipeline._costliest_factors(swapped) == pytest.approx((2.6, 2.3))
-    assert pipeline._costliest_factors(DesignConfig(cross_fit=False)) == pytest.approx((2.3, 2.3))
+    assert costliest_factors(swapped) == pytest.approx((2.6, 2.3))
+    assert costliest_factors(DesignConfig(cross_fit=False)) == pytest.approx((2.3, 2.3))
     plain = DesignConfig(treatments=["none", "selection"], pseudo_label=[False],
                          losses=["logit_adjustment"])  # fmt: skip
-    assert pipeline._costliest_factors(plain) == (1.0, 1.0)
+    assert costliest_factors(plain) == (1.0, 1.0)
 
 
 def test_a_killed_trial_is_resumed_by_its_retry_not_trained_again(tmp_path: Path) -> None:
@@ -451,9 +457,11 @@ def test_a_killed_trial_is_resumed_by_its_retry_not_trained_again(tmp_path: Path
         f"""
         import os
         import autorobust.design.pipeline as pipeline
+        from autorobust.design import _finalists, _probe, _study
+        from autorobust.design._fits import train_until
         from autorobust.config import load_config
 
-        train_until, calls = pipeline._train_until, []
+        calls = []
 
         def dies_in_the_second_trial(config, splits, until, **kwargs):
             calls.append(config.run_dir)
@@ -462,7 +470,8 @@ def test_a_killed_trial_is_resumed_by_its_retry_not_trained_again(tmp_path: Path
                 os._exit(9)
             return train_until(config, splits, until, **kwargs)
 
-        pipeline._train_until = dies_in_the_second_trial
+        for stage in (_probe, _study, _finalists):
+            stage.train_until = dies_in_the_second_trial
         pipeline.run_design(load_config("demo", {overrides!r}))
         """
     )
@@ -517,7 +526,7 @@ def test_the_noise_model_is_estimated_again_from_the_best_trial_and_the_two_are_
         config, design, epochs=config.train.epochs,
         run_dir=tmp_path / "d" / "trials" / f"trial-{best['trial']:04d}",
         noise_model_file=tmp_path / "d" / "noise_model.json",
-        relabel_file=pipeline.DesignRun(config, splits, tmp_path / "d", 1, 2).selection_file(design)
+        relabel_file=DesignRun(config, splits, tmp_path / "d", 1, 2).selection_file(design)
         if design.treatment == "selection" else None,
     )  # fmt: skip
     trial_splits = build_splits(trial_config)
@@ -576,10 +585,10 @@ def test_the_noise_model_is_estimated_again_from_the_best_trial_and_the_two_are_
         assert f"{name}: **{model.check.status.capitalize()}**" in report
         assert model.check.reason in report
     # A resumed run reads it back from its file, trials or not.
-    state = pipeline.DesignRun(config, splits, tmp_path / "d", 1, 2)
+    state = DesignRun(config, splits, tmp_path / "d", 1, 2)
     state.noise_model = state.probe_noise_model = NoiseModel.load(
         tmp_path / "d" / "noise_model.json"
     )
-    assert pipeline._take_second_look(state, [])
+    assert take_second_look(state, [])
     assert state.noise_model_file.name == in_use
     np.testing.assert_array_equal(state.noise_model.clean_counts, average.clean_counts)

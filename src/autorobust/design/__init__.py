@@ -12,7 +12,10 @@ design, searched with TPE under a compute budget and scored on the clean meta se
   ``autobalance``);
 - ``run_config.py``: :func:`design_run_config`, the config that trains a design;
 - ``scoring.py``: the balanced meta log-loss, paired standard errors, the one-SE choice;
-- ``pipeline.py``: :func:`run_design`'s stages: probe -> noise model -> study -> choice ->
-  retraining;
+- ``pipeline.py``: :func:`run_design`, which runs the stages in order: ``_probe.py`` (the probe
+  and the noise model, its second look), ``_study.py`` (the first rung under the budget and the
+  choice there), ``_finalists.py`` (the finalists at ``train.epochs``, their ensemble, ``best/``),
+  ``_refit.py`` (the kept design on the pool plus the meta images), ``_contributions.py``; on
+  ``_state.py`` (what the stages share) and ``_fits.py`` (a design's runs and meta scores);
 - ``report.py``: ``design.md`` and its plots.
 """

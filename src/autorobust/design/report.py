@@ -17,7 +17,7 @@ from autorobust.design.scoring import SCORE_LABELS
 from autorobust.report.plots import save_figure
 
 if TYPE_CHECKING:
-    from autorobust.design.pipeline import DesignRun
+    from autorobust.design._state import DesignRun
 
 __all__ = ["REPORT_NAME", "noise_model_plot", "trials_plot", "write_report"]
 
