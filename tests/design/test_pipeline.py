@@ -189,6 +189,31 @@ def test_a_fixed_design_with_leave_one_out_retrainings(tmp_path: Path) -> None:
     assert not (tmp_path / "f" / "study.db").exists()  # a fixed design runs no study
 
 
+def test_leave_one_out_after_a_kept_ensemble_compares_with_the_kept_finalist(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Once the finalists' ensemble is kept, their trial checkpoints are gone (moved to
+    best/members): the leave-one-out retrainings are compared with the kept finalist's score at
+    train.epochs, as the finalists were compared (it used to fail reading a dropped checkpoint)."""
+
+    def always_kept(state, finalists, kept_scores, final):
+        compare_ensemble(state, finalists, kept_scores, final)
+        final["ensemble"]["kept"] = True  # whatever the margin: the case under test
+        return True
+
+    monkeypatch.setattr(_finalists, "compare_ensemble", always_kept)
+    outcome = run_design(_config(tmp_path / "e", "design.leave_one_out=true", "train.epochs=4"))
+    summary = json.loads((tmp_path / "e" / "design.json").read_text())
+    assert summary["final"]["ensemble"]["kept"] and outcome.final.startswith("ensemble(")
+    assert not list((tmp_path / "e" / "trials").glob("**/checkpoint.pt"))
+    kept = [c for c in summary["final"]["candidates"] if c["kept"]]
+    assert len(kept) == 1 and kept[0]["name"] == summary["final_name"]
+    rows = summary["leave_one_out"]
+    assert [r["component"] for r in rows] == Design.from_dict(summary["final_design"]).components
+    for row in rows:
+        assert row["meta_score_gain"] == pytest.approx(row["meta_score"] - kept[0]["score"])
+
+
 def test_a_selection_trains_on_what_its_config_would_build(tmp_path: Path) -> None:
     """The design applies a selection to the splits in memory; a user training the same config
     from the command line builds them from the file: both must be the same data."""

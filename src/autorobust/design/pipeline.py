@@ -49,7 +49,6 @@ from autorobust.design._fits import (
     RUNG_CHECKPOINT,
     Fit,
     balanced_score,
-    meta_scores,
     retrained_scores,
     train_design,
 )
@@ -170,12 +169,12 @@ def run_design(
     leave_one_out = []
     if config.design.leave_one_out and retrained is not None:
         leave_one_out = train_leave_one_out(state, design)
-        kept_score = balanced_score(
-            state,
-            meta_scores(state, kept_fits[:1])
-            if kept_fits
-            else retrained_scores(state, design, retrained.run_dir),
-        )
+        if final is not None:
+            # The kept finalist's score at train.epochs, as compared there: its run may be an
+            # ensemble's member by now, and a refit has seen the meta images.
+            kept_score = next(c["score"] for c in final["candidates"] if c["kept"])
+        else:  # a fixed recipe, trained in best/
+            kept_score = balanced_score(state, retrained_scores(state, design, retrained.run_dir))
         for row in leave_one_out:
             row["meta_score_gain"] = row["meta_score"] - kept_score
     state.cost["total_sample_epochs"] = spent
