@@ -99,6 +99,7 @@ class Fit:
 
     @property
     def run_dir(self) -> Path:
+        """The run's folder."""
         return Path(self.config.run_dir)
 
 
@@ -160,6 +161,7 @@ def fit_logits(state: DesignRun, fit: Fit, images: np.ndarray) -> np.ndarray:
 
 
 def balanced_score(state: DesignRun, scores: np.ndarray) -> float:
+    """The class-balanced mean of per-image meta scores (M,) (NaN: not scored), lower is better."""
     return scored_balanced_mean(scores, state.splits.meta.labels, state.splits.num_classes)
 
 

@@ -43,6 +43,7 @@ def run_probe(state: DesignRun) -> None:
 
 
 def probe_config(state: DesignRun) -> ExperimentConfig:
+    """The probe's config: the reference design on the schedule of ``train.epochs``."""
     return design_run_config(
         state.config, PROBE_DESIGN, epochs=state.config.train.epochs,
         run_dir=state.run_dir / "probe",
@@ -50,6 +51,8 @@ def probe_config(state: DesignRun) -> ExperimentConfig:
 
 
 def estimate_probe_noise_model(state: DesignRun) -> NoiseModel:
+    """Stage 2: T̂ and n̂ from the probe's logits, checked by its bootstrap and shrunk towards
+    no noise; saved as ``noise_model.json``."""
     probe, splits = state.probe, state.splits
     assert probe is not None
     model = estimate_noise_model(

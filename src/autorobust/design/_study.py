@@ -62,6 +62,9 @@ def rung_costs(state: DesignRun, design: Design) -> tuple[float, float]:
 
 
 def study_objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], float]:
+    """The study's objective: train the trial's design to the first rung and return its
+    balanced meta score (per-image scores, cost and CPU seconds kept as user attributes)."""
+
     def objective(trial: Any) -> float:
         design = space.suggest(trial)
         trial.set_user_attr("design", design.to_dict())
@@ -91,12 +94,14 @@ def study_objective(state: DesignRun, space: DesignSpace) -> Callable[[Any], flo
 
 
 def meta_losses(trial: Any) -> np.ndarray:
+    """A finished trial's per-image meta scores float64 (M,), NaN where it may not be scored."""
     return np.array(
         [np.nan if v is None else v for v in trial.user_attrs["meta_losses"]], dtype=np.float64
     )
 
 
 def finished_trials(study: Any) -> list[Any]:
+    """The study's completed trials."""
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
