@@ -21,7 +21,7 @@ Methods, each on the code path a user runs:
     rolt         run_design(fixed=selection(prototype, gmm, relabel 0.9 if the prototype agrees)
                  + logit adjustment): RoLT-style (Wei et al. 2021)
     mwnet_la     method reweight, logit-adjusted loss, the class-aware V of the bundled
-                 fashion-mnist-lt100-sym40-reweight config; --mwnet-step exact|cheap
+                 fashion-mnist-lt100-sym40-reweight config; --mwnet-step exact|cheap|every4
     autobalance  methods.autobalance.search.run_search: one bilevel run from logit adjustment,
                  the meta set as upper data, then the retraining
     design       run_design at --budget (3) with the default space
