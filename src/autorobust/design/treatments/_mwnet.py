@@ -29,8 +29,9 @@ CLASS_EMBEDDING = 8
 # points below the exact step, which costs 4-5 CE trainings: more than a design's budget
 # (docs/benchmarks.md, "Reweighting (Meta-Weight-Net)"). Every parameter every 4th step with V's
 # learning rate raised 4-fold comes within half a point of the exact step at about 1.9x a CE
-# epoch, but at that cost factor the MW-Net reference no longer fits the first rung of the
-# default budget (measured: the study skipped it on the symmetric and head-to-tail cells).
+# epoch, but at that cost factor the MW-Net reference and the continuation it would need as a
+# finalist no longer fit the default budget (measured: the study skipped it on the symmetric and
+# head-to-tail cells).
 META_SCOPE = "head"
 META_INTERVAL = 4
 # Nominal cost of one sample-epoch relative to plain training: the upper end of that measurement.
