@@ -45,10 +45,9 @@ MWNET_STEPS = {
     # updated every 4th step; measured 1.05-1.15x a CE epoch in benchmarks/reweighting.py).
     "exact": ["reweight.meta_scope=full", "reweight.meta_interval=1"],
     "cheap": ["reweight.meta_scope=head", "reweight.meta_interval=4"],
-    # Every parameter, V updated every 4th step with 4 times the configured learning rate
-    # (1e-3 → 4e-3), so that V moves as far per epoch as with the exact step (Adam moves it by
-    # about lr per update): about 1.9x a CE epoch.
-    "every4": ["reweight.meta_scope=full", "reweight.meta_interval=4", "reweight.lr=0.004"],
+    # Every parameter, V updated every 4th step; _mwnet_config raises V's learning rate 4-fold
+    # (1e-3 → 4e-3) so that V moves as far per epoch as with the exact step: about 1.9x a CE epoch.
+    "every4": ["reweight.meta_scope=full", "reweight.meta_interval=4"],
 }
 
 
@@ -186,10 +185,7 @@ def _run_method(job: dict[str, Any], run_dir: str) -> dict[str, Any]:
         config = load_config(BASE, [*overrides, "method=erm", f"loss.name={loss}"])
         return {"metrics": train_run(config).metrics}
     if method == "mwnet_la":
-        config = load_config(
-            REWEIGHT,
-            [*overrides, "reweight.plots=false", *MWNET_STEPS[job["mwnet_step"]]],
-        )
+        config = _mwnet_config(overrides, job["mwnet_step"])
         _check_same_protocol(config, load_config(BASE, overrides))
         metrics = train_run(config).metrics
         method_info = metrics.get("method", {})
@@ -267,6 +263,21 @@ def _design_extra(outcome: Any) -> dict[str, Any]:
         "design_cost": cost,
         "kept": (summary.get("retrained_data") or {}).get("train_size"),
     }
+
+
+def _mwnet_config(overrides: list[str], step: str) -> Any:
+    """The bundled MW-Net config with the cell's ``overrides`` and MW-Net ``step``
+    (:data:`MWNET_STEPS`). A step through every parameter every k-th step gets k times the
+    configured learning rate of V, the rule of ``reweight.meta_interval``'s docstring: Adam
+    moves V by about lr per update, and V gets k times fewer of them."""
+    from autorobust.config import load_config
+
+    config = load_config(REWEIGHT, [*overrides, "reweight.plots=false", *MWNET_STEPS[step]])
+    reweight = config.reweight
+    if reweight.meta_scope == "full" and reweight.meta_interval > 1:
+        lr = reweight.lr * reweight.meta_interval
+        config = config.model_copy(update={"reweight": reweight.model_copy(update={"lr": lr})})
+    return config
 
 
 def _check_same_protocol(reweight: Any, base: Any) -> None:
