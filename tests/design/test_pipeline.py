@@ -23,6 +23,7 @@ from autorobust.design.pipeline import design_run_config, run_design
 from autorobust.design.space import (
     AUTOBALANCE_DESIGN,
     LEADING_REFERENCE_DESIGNS,
+    MWNET_DESIGN,
     REFERENCE_DESIGNS,
     ROLT_DESIGN,
     Design,
@@ -617,3 +618,30 @@ def test_the_noise_model_is_estimated_again_from_the_best_trial_and_the_two_are_
     assert take_second_look(state, [])
     assert state.noise_model_file.name == in_use
     np.testing.assert_array_equal(state.noise_model.clean_counts, average.clean_counts)
+
+
+@pytest.mark.parametrize(
+    "design",
+    [MWNET_DESIGN, ROLT_DESIGN, AUTOBALANCE_DESIGN, Design(treatment="transition", tau=1.0)],
+    ids=["mwnet", "rolt", "autobalance", "transition"],
+)
+def test_each_treatment_trains_a_residual_network_that_loads_and_predicts(
+    tmp_path: Path, design: Design
+) -> None:
+    """The reference protocol's model is a plain CNN; the held-back shifts use others. MW-Net's
+    virtual step, the prototypes' features and AutoBalance's bilevel step run on a ResNet too,
+    and the design's model loads outside the tool."""
+    from autorobust import load_model
+
+    config = _config(tmp_path / "r", "model.name=resnet20", "model.options.width=4",
+                     "train.epochs=3", "design.refit=false")  # fmt: skip
+    outcome = run_design(config, fixed=design)
+    assert outcome.chosen["name"] == design.describe()
+    written = load_config(outcome.retrained.run_dir / "config.yaml")
+    assert written.model.name == "resnet20"
+    assert 0.0 < outcome.retrained.metrics["test"]["balanced_accuracy"] <= 1.0
+    splits = build_splits(config)
+    loaded = load_model(outcome.retrained.run_dir)
+    probabilities = loaded.predict_proba(splits.test.images[:7])
+    assert probabilities.shape == (7, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-9)

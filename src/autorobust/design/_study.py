@@ -150,12 +150,12 @@ def costliest_factors(settings: DesignConfig) -> tuple[float, float]:
     ``design.cross_fit_swap``; in its continuation).
     An upper bound for a design not yet proposed (a selection is counted on the whole pool)."""
     candidates = [
-        Design(treatment=treatment, loss=loss, pseudo_label=pseudo)
-        for treatment in settings.treatments
-        for loss in settings.losses
-        for pseudo in (settings.pseudo_label if treatment == "selection" else [False])
-        # MW-Net trains with its own method, and pseudo-labels with theirs: not with AutoBalance.
-        if loss != "autobalance" or (treatment != "mwnet" and not pseudo)
+        Design(treatment=name, loss=loss, pseudo_label=pseudo)
+        for name in settings.treatments
+        for loss in treatment(name).loss_choices(settings)[1]
+        for pseudo in (settings.pseudo_label if name == "selection" else [False])
+        # Pseudo-labels train with their own method: not with AutoBalance.
+        if loss != "autobalance" or not pseudo
     ]
     cross_fit = 2.0 if settings.cross_fit and settings.cross_fit_swap else 1.0
     first = max(d.cost_factor * (cross_fit if d.fits_meta else 1.0) for d in candidates)

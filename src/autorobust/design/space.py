@@ -3,7 +3,8 @@
 A :class:`Design` is plain data (JSON round trip); :class:`DesignSpace` asks an Optuna trial for
 one with ``trial.suggest_*`` only (conditional parameters: a selection's detector and quantile
 exist only in trials that select). Pairs that do not compose are not proposed: MW-Net trains with
-its own method, so ``mwnet`` goes with a fixed loss, not with AutoBalance.
+its own method, so ``mwnet`` goes with a fixed loss, not with AutoBalance; nor does ``transition``,
+whose forward correction leaves AutoBalance's hypergradient no positive definite Hessian.
 
 What a treatment or a loss family contributes (its parameters, cost, components and name) is its
 own module's: design/treatments/ and design/loss_families.py.
@@ -205,10 +206,11 @@ class DesignSpace:
     """Asks a trial for a :class:`Design` within a ``design`` config section.
 
     Optuna parameter names (a categorical with one allowed value is not asked): ``architecture``,
-    ``treatment``, ``loss`` (``mwnet_loss`` under MW-Net), ``tau`` (not with CE); then the
-    treatment's own (design/treatments/): ``detector``, ``rule``, ``quantile``, ``relabel``,
-    ``relabel_confidence``, ``relabel_needs_prototype``, ``pseudo_label`` (selection);
-    ``mwnet_class_aware``, ``mwnet_lr`` (mwnet).
+    ``treatment``, ``loss`` (``mwnet_loss`` under MW-Net, ``transition_loss`` under forward
+    correction), ``tau`` (not with CE); then the treatment's own (design/treatments/):
+    ``detector``, ``rule``, ``quantile``, ``relabel``, ``relabel_confidence``,
+    ``relabel_needs_prototype``, ``pseudo_label`` (selection); ``mwnet_class_aware``,
+    ``mwnet_lr`` (mwnet).
     """
 
     def __init__(self, settings: DesignConfig) -> None:

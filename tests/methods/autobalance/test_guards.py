@@ -163,3 +163,26 @@ def test_group_sensitive_groups_reach_the_upper_step_from_a_device_tensor(tmp_pa
     # Each attribute's row of offsets followed its own samples' hypergradient.
     offsets = trainer.loss.raw_offset.detach()
     assert offsets.shape == (2, 10) and float((offsets[0] - offsets[1]).abs().max()) > 1e-4
+
+
+def test_forward_correction_through_the_head_alone_names_the_damping(tmp_path, caplog):
+    """Through the last layer alone the parametric CE is convex, but forward correction (a fixed
+    T) makes the lower problem's Hessian indefinite there too: the run fails, and the error asks
+    for the damping, not for ``hyper_params: head``, which is already set."""
+    rate, k = 0.4, 10
+    transition = np.full((k, k), rate / (k - 1))
+    np.fill_diagonal(transition, 1 - rate)
+    matrix = f"bilevel.transition={json.dumps(transition.tolist())}"
+    config = bilevel_trial_config(
+        _config(tmp_path, "fc", *SHORT, "bilevel.init=logit_adjustment", matrix)
+    )
+    assert config.bilevel.hyper_params == "head"
+    logger = "autorobust.methods.autobalance.trainer"
+    with caplog.at_level(logging.WARNING, logger=logger), pytest.raises(AutorobustError) as info:
+        train_run(config)
+    skips = [r.getMessage() for r in caplog.records if " skipped: " in r.getMessage()]
+    assert skips and all("negative curvature" in line for line in skips)
+    assert str(info.value).endswith(
+        "hardly trained; set bilevel.damping above the size of the negative curvature the skips "
+        "report"
+    )

@@ -375,10 +375,17 @@ class BilevelTrainer(Trainer):
                 guarded,
             )
         if 2 * skipped > total:
+            # Through the last layer alone the parametric CE is convex; what is left to change
+            # there is the damping (forward correction, bilevel.transition, is not convex).
+            remedy = (
+                "bilevel.damping > 0 (e.g. 10) or bilevel.hyper_params: head"
+                if self.bilevel.hyper_params == "all"
+                else "bilevel.damping above the size of the negative curvature the skips report"
+            )
             raise AutorobustError(
                 f"autobalance: {skipped} of {total} upper steps were skipped (the Hessian of "
                 "the lower problem is not positive definite), so the learned loss was hardly "
-                "trained; set bilevel.damping > 0 (e.g. 10) or bilevel.hyper_params: head"
+                f"trained; set {remedy}"
             )
         return result
 
