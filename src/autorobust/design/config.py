@@ -77,9 +77,9 @@ class DesignConfig(StrictModel):
     )
     """Noise treatments the search may pick: ``none``; ``transition`` (forward correction with the
     estimated transition matrix, composed with the loss's prior correction at the estimated clean
-    prior); ``selection`` (per-class selection by a detector, with or without relabelling, the
-    loss then using the counts of the labels kept); ``mwnet`` (Meta-Weight-Net with a searched V,
-    cheap meta step)."""
+    prior; not with AutoBalance); ``selection`` (per-class selection by a detector, with or
+    without relabelling, the loss then using the counts of the labels kept); ``mwnet``
+    (Meta-Weight-Net with a searched V, cheap meta step; not with AutoBalance)."""
     losses: list[LossFamily] = Field(
         default_factory=lambda: list[LossFamily](
             ["cross_entropy", "logit_adjustment", "autobalance"]

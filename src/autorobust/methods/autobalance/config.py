@@ -71,7 +71,8 @@ class BilevelConfig(StrictModel):
     becomes −ω_ỹ log (Tᵀ softmax(Δ ⊙ z + ι))_ỹ, forward correction composed with the learned
     parameters. With ``init: logit_adjustment`` and ``init_prior_counts`` = the estimated clean
     counts, AutoBalance starts from forward correction + logit adjustment at the clean prior.
-    None: no noise correction."""
+    The head's lower problem is then no longer convex: its Hessian can be indefinite, which skips
+    upper steps unless ``damping`` is set. None: no noise correction."""
     group_size: int | None = Field(None, ge=1)
     """Consecutive classes (in label order) sharing one parameter each; None: per class."""
     class_groups: list[int] | None = None
