@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from autorobust.config import load_config
+from autorobust.data.shift import noise_transition_matrix
 from autorobust.errors import AutorobustError, ConfigError
 from autorobust.experiment import build_model, build_splits, train_run
 from autorobust.methods.autobalance.search import bilevel_trial_config, run_search
@@ -169,9 +170,7 @@ def test_forward_correction_through_the_head_alone_names_the_damping(tmp_path, c
     """Through the last layer alone the parametric CE is convex, but forward correction (a fixed
     T) makes the lower problem's Hessian indefinite there too: the run fails, and the error asks
     for the damping, not for ``hyper_params: head``, which is already set."""
-    rate, k = 0.4, 10
-    transition = np.full((k, k), rate / (k - 1))
-    np.fill_diagonal(transition, 1 - rate)
+    transition = noise_transition_matrix("symmetric", 0.4, 10)
     matrix = f"bilevel.transition={json.dumps(transition.tolist())}"
     config = bilevel_trial_config(
         _config(tmp_path, "fc", *SHORT, "bilevel.init=logit_adjustment", matrix)
