@@ -28,6 +28,7 @@ from autorobust.design.space import (
     ROLT_DESIGN,
     Design,
 )
+from autorobust.design.treatments import treatment
 from autorobust.experiment import build_splits
 from autorobust.methods.glc.noise_model import NoiseModel
 from autorobust.train.trainer import load_checkpoint
@@ -469,6 +470,13 @@ def test_the_budget_counts_a_proposal_at_the_costliest_design_of_the_space() -> 
     plain = DesignConfig(treatments=["none", "selection"], pseudo_label=[False],
                          losses=["logit_adjustment"])  # fmt: skip
     assert costliest_factors(plain) == (1.0, 1.0)
+    # Pseudo-labels bring their own training method: never with AutoBalance's bilevel trainer.
+    only_autobalance = DesignConfig(losses=["autobalance"], pseudo_label=[False, True])
+    assert costliest_factors(only_autobalance) == pytest.approx((1.3, 1.3))
+    selection, mwnet = treatment("selection"), treatment("mwnet")
+    assert selection.pseudo_label_choices(only_autobalance, "autobalance") == [False]
+    assert selection.pseudo_label_choices(only_autobalance, "logit_adjustment") == [False, True]
+    assert mwnet.pseudo_label_choices(only_autobalance, "logit_adjustment") == [False]
 
 
 def test_a_killed_trial_is_resumed_by_its_retry_not_trained_again(tmp_path: Path) -> None:

@@ -153,9 +153,7 @@ def costliest_factors(settings: DesignConfig) -> tuple[float, float]:
         Design(treatment=name, loss=loss, pseudo_label=pseudo)
         for name in settings.treatments
         for loss in treatment(name).loss_choices(settings)[1]
-        for pseudo in (settings.pseudo_label if name == "selection" else [False])
-        # Pseudo-labels train with their own method: not with AutoBalance.
-        if loss != "autobalance" or not pseudo
+        for pseudo in treatment(name).pseudo_label_choices(settings, loss)
     ]
     cross_fit = 2.0 if settings.cross_fit and settings.cross_fit_swap else 1.0
     first = max(d.cost_factor * (cross_fit if d.fits_meta else 1.0) for d in candidates)

@@ -57,6 +57,11 @@ class NoiseTreatment:
         trials (Optuna requires it)."""
         return "loss", list(settings.losses)
 
+    def pseudo_label_choices(self, settings: DesignConfig, loss: str) -> list[bool]:
+        """Whether a design of this treatment with the loss family ``loss`` may train with a
+        pseudo-label loss on the rejected samples: the values the space may draw."""
+        return [False]
+
     def selection(self, design: Design) -> SelectionConfig | None:
         """How the pool is selected (and relabelled) from the probe's outputs before ``design``
         trains on it (the relabel file its config reads); None: it trains on the pool."""

@@ -37,6 +37,9 @@ class Selection(NoiseTreatment):
     def cost_factor(self, design: Design) -> float:
         return PSEUDO_LABEL_COST_FACTOR if design.pseudo_label else 1.0
 
+    def pseudo_label_choices(self, settings: DesignConfig, loss: str) -> list[bool]:
+        return list(settings.pseudo_label) if _pseudo_label_composes(loss) else [False]
+
     def selection(self, design: Design) -> SelectionConfig | None:
         return SelectionConfig(
             detector=design.detector or "posterior",
