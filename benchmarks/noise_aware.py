@@ -64,7 +64,7 @@ unit also pays about 3 CPU-s to start its process.
     cpu     3.7k / 6.1k, 10 ep  17 s / 25 s    135    ≈ 1.4                  ≈ 45 min
     full    14.9k / 24.4k, 15   79 s / 126 s   135    ≈ 7.8 (exact MW-Net)   ≈ 4 h
             measured (2026-12-07, the shared machine, two workers): a CE unit 240-330 CPU-s at
-            ρ = 100 and 440-490 at ρ = 10; ρ = 100 took 9.7 CPU-h, ρ = 10 about 14: ≈ 24 CPU-h
+            ρ = 100 and 360-490 at ρ = 10; ρ = 100 took 9.7 CPU-h, ρ = 10 15.6: ≈ 25 CPU-h
 """
 
 from __future__ import annotations
