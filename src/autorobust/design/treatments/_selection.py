@@ -110,13 +110,11 @@ class Selection(NoiseTreatment):
                 params["relabel_needs_prototype"] = bool(design.relabel_needs_prototype)
             elif design.relabel_needs_prototype:
                 return False
-        if _pseudo_label_composes(design.loss):
-            if bool(design.pseudo_label) not in s.pseudo_label:
-                return False
-            if len(s.pseudo_label) > 1:
-                params["pseudo_label"] = bool(design.pseudo_label)
-        elif design.pseudo_label:
+        pseudo_labels = self.pseudo_label_choices(s, design.loss)
+        if bool(design.pseudo_label) not in pseudo_labels:
             return False
+        if len(pseudo_labels) > 1:
+            params["pseudo_label"] = bool(design.pseudo_label)
         return True
 
     def components(self, design: Design) -> list[str]:
