@@ -12,6 +12,7 @@ NOISE_NAMES = {
     "sym40": "40% symmetric",
     "pair40": "40% pair-flip",
     "h2t40": "head-to-tail 40%",
+    "semantic": "look-alike confusions",
 }
 BASELINES = tuple(m for m in METHODS if m != "design" and m not in ORACLES)
 ESTIMATES_NOISE = ("glc", "design")  # the methods that estimate a noise model to act on
