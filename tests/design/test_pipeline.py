@@ -13,13 +13,19 @@ import torch
 from autorobust.cli import main
 from autorobust.config import load_config
 from autorobust.design import _finalists, _probe, _study
-from autorobust.design._finalists import compare_ensemble, ensemble_run
+from autorobust.design._finalists import (
+    ensemble_complexity,
+    ensemble_run,
+    ensemble_scores,
+    ensemble_summary,
+)
 from autorobust.design._fits import design_fits, design_splits, meta_scores, train_until
 from autorobust.design._probe import run_probe, take_second_look
 from autorobust.design._refit import with_meta_in_pool
 from autorobust.design._state import DesignRun
 from autorobust.design._study import costliest_factors
 from autorobust.design.pipeline import design_run_config, run_design
+from autorobust.design.scoring import ENSEMBLE_KEY, ScoredDesign, choose_finalist
 from autorobust.design.space import (
     AUTOBALANCE_DESIGN,
     LEADING_REFERENCE_DESIGNS,
@@ -198,12 +204,12 @@ def test_leave_one_out_after_a_kept_ensemble_compares_with_the_kept_finalist(
     best/members): the leave-one-out retrainings are compared with the kept finalist's score at
     train.epochs, as the finalists were compared (it used to fail reading a dropped checkpoint)."""
 
-    def always_kept(state, finalists, kept_scores, final):
-        compare_ensemble(state, finalists, kept_scores, final)
-        final["ensemble"]["kept"] = True  # whatever the margin: the case under test
-        return True
+    def always_kept(finalists, ensemble, labels, num_classes, *, one_standard_error):
+        choice = choose_finalist(finalists, ensemble, labels, num_classes)
+        assert ensemble is not None
+        return dataclasses.replace(choice, ensemble_kept=True)  # the case under test
 
-    monkeypatch.setattr(_finalists, "compare_ensemble", always_kept)
+    monkeypatch.setattr(_finalists, "choose_finalist", always_kept)
     outcome = run_design(_config(tmp_path / "e", "design.leave_one_out=true", "train.epochs=4"))
     summary = json.loads((tmp_path / "e" / "design.json").read_text())
     assert summary["final"]["ensemble"]["kept"] and outcome.final.startswith("ensemble(")
@@ -387,21 +393,17 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
     ]
     for _, fit in finalists:
         train_until(fit.config, fit.splits, 6)
-    final: dict = {}
-    kept = compare_ensemble(state, finalists, meta_scores(state, [finalists[0][1]]), final)
-    row = final["ensemble"]
+    scores = ensemble_scores(state, [fit for _, fit in finalists])
     # Scored only where every member may be: the cross-fitted AutoBalance run's other half.
-    assert row["scored_images"] == int(finalists[1][1].scored.sum()) == 50
-    assert row["difference"] == pytest.approx(row["score"] - row["kept_finalist_score"])
-    # Kept only when better by more than one standard error (the one-SE rule of the choice),
-    # by any margin without that rule.
-    assert kept == (row["difference"] + row["standard_error"] <= 0.0) == row["kept"]
-    assert row["standard_error"] > 0.0
-    state.config = config.model_copy(
-        update={"design": config.design.model_copy(update={"one_standard_error": False})}
-    )
-    kept_without = compare_ensemble(state, finalists, meta_scores(state, [finalists[0][1]]), {})
-    assert kept_without == (row["difference"] <= 0.0)
+    assert np.isfinite(scores).sum() == int(finalists[1][1].scored.sum()) == 50
+    assert np.array_equal(np.isfinite(scores), finalists[1][1].scored)
+    ensemble = ScoredDesign(ENSEMBLE_KEY, ensemble_complexity([d for d, _ in finalists]), scores)
+    assert ensemble.complexity > max(d.complexity for d, _ in finalists)
+    first = ScoredDesign(0, finalists[0][0].complexity, meta_scores(state, [finalists[0][1]]))
+    row = ensemble_summary(ensemble, first, finalists, splits.meta.labels, 10)
+    assert row["difference"] == pytest.approx(row["score"] - row["best_finalist_score"])
+    assert row["scored_images"] == 50 and row["standard_error"] > 0.0
+    assert row["members"] == [d.describe() for d, _ in finalists]
     result = ensemble_run(state, [fit for _, fit in finalists])
     best = tmp_path / "e" / "best"
     loaded = load_model(best)

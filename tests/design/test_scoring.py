@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from autorobust.design.scoring import (
+    ENSEMBLE_KEY,
+    FinalistChoice,
     ScoredDesign,
     balanced_mean,
     calibrated_log_loss,
+    choose_finalist,
     choose_within_one_standard_error,
     fit_temperature,
     per_image_log_loss,
@@ -144,3 +147,35 @@ def test_one_standard_error_rule_keeps_the_simplest_within_reach() -> None:
 def test_choice_needs_a_design() -> None:
     with pytest.raises(ValueError, match="no design"):
         choose_within_one_standard_error([], np.array([0]), 1)
+
+
+def test_the_ensemble_is_one_more_finalist_of_the_one_standard_error_rule() -> None:
+    """A simpler, worse finalist within one standard error of the best is kept over it; the
+    ensemble beats that one by more than an error but not the best finalist: the best finalist is
+    kept (compared with the kept finalist alone, the ensemble would have won)."""
+    labels = np.repeat([0, 1], 5)
+    base = np.random.default_rng(0).uniform(0.5, 1.5, 10)
+    wiggle = np.tile([0.3, -0.3, 0.2, -0.2, 0.0], 2)  # zero mean within each class
+    simple = ScoredDesign(0, (2, 1.0), base + 0.12 + 1.6 * wiggle)
+    best = ScoredDesign(1, (3, 1.0), base)
+    ensemble = ScoredDesign(ENSEMBLE_KEY, (4, 2.0), base - 0.01 + 0.3 * wiggle)
+    diff, se = weighted_difference(simple.losses, best.losses, labels, 2)
+    assert 0.0 < diff <= se  # the simpler finalist is within reach of the best
+    assert choose_within_one_standard_error([simple, best], labels, 2)[1] == 0
+    diff, se = weighted_difference(ensemble.losses, simple.losses, labels, 2)
+    assert diff + se < 0.0  # the ensemble beats the simpler finalist by more than an error
+    diff, se = weighted_difference(ensemble.losses, best.losses, labels, 2)
+    assert -se <= diff < 0.0  # but not the best finalist
+    choice = choose_finalist([simple, best], ensemble, labels, 2)
+    assert (choice.kept, choice.ensemble_kept, choice.best_single) == (1, False, 1)
+    assert [row["key"] for row in choice.rows] == [0, 1, ENSEMBLE_KEY]
+    # Far better than every finalist, it is kept; the design it names is the finalists' choice.
+    far = ScoredDesign(ENSEMBLE_KEY, (4, 2.0), base - 0.5)
+    assert choose_finalist([simple, best], far, labels, 2) == FinalistChoice(
+        0, True, 1, choose_within_one_standard_error([simple, best, far], labels, 2)[2]
+    )
+    # Without the rule the best score wins, the ensemble's included.
+    choice = choose_finalist([simple, best], ensemble, labels, 2, one_standard_error=False)
+    assert (choice.kept, choice.ensemble_kept) == (1, True)
+    # No ensemble: the finalists' own choice.
+    assert choose_finalist([simple, best], None, labels, 2).kept == 0

@@ -1,6 +1,6 @@
-"""Stage 4: the finalists continued to ``train.epochs`` and compared there (the simplest
-within one standard error of the best is kept), their ensemble where it is better by more than
-one standard error, and the kept model moved to ``run_dir/best`` and measured on the test split."""
+"""Stage 4: the finalists continued to ``train.epochs`` and compared there with their ensemble
+(the simplest within one standard error of the best is kept), and the kept model moved to
+``run_dir/best`` and measured on the test split."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from autorobust.design._fits import (
 from autorobust.design._state import DesignRun, copy_once
 from autorobust.design._study import finalist_trials, finished_trials
 from autorobust.design.scoring import (
+    ENSEMBLE_KEY,
     ScoredDesign,
-    choose_within_one_standard_error,
+    choose_finalist,
     per_image_score,
     scored_balanced_mean,
     weighted_difference,
@@ -46,10 +47,11 @@ def promote_finalists(
 ) -> tuple[dict[str, Any], list[Fit], dict[str, Any]]:
     """Stage 4: continue the finalists to ``train.epochs`` (a cross-fitted one: its first half's
     run, scored on the other half) and keep the simplest within one standard error of the best
-    there, or their ensemble (``design.ensemble``) where it is better by more than one standard
-    error. Returns (the kept
-    trial's table row, its run or the ensemble's member runs, the comparison's summary); the
-    table's ``chosen`` flags are set to the kept trial."""
+    there. Their ensemble (``design.ensemble``) is one more candidate of that choice, the most
+    complex one, so it is kept only when it beats every finalist by more than one standard
+    error. Returns (the chosen trial's table row, its run or the ensemble's member runs, the
+    comparison's summary); the table's ``chosen`` flags are set to the chosen trial (with an
+    ensemble kept: the simplest finalist within one standard error of the best finalist)."""
     started = time.process_time()
     finalists = finalist_trials(state, finished_trials(study))
     epochs = state.config.train.epochs
@@ -63,16 +65,25 @@ def promote_finalists(
         cost += sample_epochs(design, [fit], epochs - state.trial_epochs)
         runs[trial.number] = (design, fit)
         scored.append(ScoredDesign(trial.number, design.complexity, meta_scores(state, [fit])))
-    best, kept, rows = choose_within_one_standard_error(
-        scored, state.splits.meta.labels, state.splits.num_classes
+    labels, k = state.splits.meta.labels, state.splits.num_classes
+    ordered = [runs[t.number] for t in finalists]
+    ensemble = None
+    if len(ordered) > 1 and state.config.design.ensemble:
+        designs = [design for design, _ in ordered]
+        ensemble = ScoredDesign(
+            ENSEMBLE_KEY,
+            ensemble_complexity(designs),
+            ensemble_scores(state, [fit for _, fit in ordered]),
+        )
+    choice = choose_finalist(
+        scored, ensemble, labels, k, one_standard_error=state.config.design.one_standard_error
     )
-    if not state.config.design.one_standard_error:
-        kept = best
+    kept = choice.kept
     state.cost["finalists_sample_epochs"] = cost
     state.cost["finalists_cpu_seconds"] = time.process_time() - started
     for row in table:
         row["chosen"] = row["trial"] == kept
-    summary = {
+    summary: dict[str, Any] = {
         "epochs": epochs,
         "kept": kept,
         "candidates": [
@@ -86,17 +97,71 @@ def promote_finalists(
                 "scored_images": int(runs[int(row["key"])][1].scored.sum()),
                 "kept": row["key"] == kept,
             }
-            for row in rows
+            for row in choice.rows
+            if row["key"] != ENSEMBLE_KEY
         ],
+        "ensemble": None,
     }
+    if ensemble is not None:
+        best = next(d for d in scored if d.key == choice.best_single)
+        summary["ensemble"] = ensemble_summary(ensemble, best, ordered, labels, k)
+        summary["ensemble"]["kept"] = choice.ensemble_kept
     chosen_row = next(r for r in table if r["chosen"])
-    ordered = [runs[t.number] for t in finalists]
-    summary["ensemble"] = None
-    if len(ordered) > 1 and state.config.design.ensemble:
-        kept_scores = next(d.losses for d in scored if d.key == kept)
-        if compare_ensemble(state, ordered, kept_scores, summary):
-            return chosen_row, [fit for _, fit in ordered], summary
+    if choice.ensemble_kept:
+        return chosen_row, [fit for _, fit in ordered], summary
     return chosen_row, [runs[kept][1]], summary
+
+
+def ensemble_complexity(designs: list[Design]) -> tuple[int, float]:
+    """The ensemble's place in the order of simplicity: after each of its members (one more
+    component than the most complex, the members' nominal costs summed)."""
+    return (
+        max(d.complexity[0] for d in designs) + 1,
+        sum(d.complexity[1] for d in designs),
+    )
+
+
+def ensemble_scores(state: DesignRun, fits: list[Fit]) -> np.ndarray:
+    """Per-image meta scores float64 (M,) of the ensemble of ``fits`` (the mean of their
+    calibrated probabilities), NaN on the images some member may not be scored on (it was
+    fitted on them: cross-fitting)."""
+    meta = state.splits.meta
+    scored = np.logical_and.reduce([fit.scored for fit in fits])
+    labels = meta.labels[scored]
+    # The log of the mean probability is the ensemble's logit: its softmax gives them back.
+    log_mean = np.log(np.clip(ensemble_probabilities(state, fits, meta.images[scored]), 1e-12, 1))
+    scores = np.full(len(meta.labels), np.nan)
+    scores[scored] = per_image_score(
+        log_mean, labels, state.splits.num_classes, state.config.design.score
+    )
+    return scores
+
+
+def ensemble_summary(
+    ensemble: ScoredDesign,
+    best: ScoredDesign,
+    finalists: list[tuple[Design, Fit]],
+    labels: np.ndarray,
+    num_classes: int,
+) -> dict[str, Any]:
+    """What the report says of the ensemble: its members, its score and the best finalist's on
+    the meta images every member may be scored on, their paired difference and its standard
+    error, and how many images that is (``kept`` is set by the caller)."""
+    scored = np.isfinite(ensemble.losses)
+    difference, standard_error = weighted_difference(
+        ensemble.losses, best.losses, labels, num_classes
+    )
+    return {
+        "members": [design.describe() for design, _ in finalists],
+        "score": scored_balanced_mean(ensemble.losses, labels, num_classes),
+        "best_finalist_score": scored_balanced_mean(
+            np.where(scored, best.losses, np.nan), labels, num_classes
+        ),
+        "difference": difference,
+        "standard_error": standard_error,
+        "scored_images": int(scored.sum()),
+        "kept": False,
+    }
 
 
 def keep_rung_checkpoint(state: DesignRun, fit: Fit) -> None:
@@ -116,45 +181,6 @@ def ensemble_probabilities(state: DesignRun, fits: list[Fit], images: np.ndarray
         temperature = metrics["calibration"]["temperature"]
         probabilities.append(softmax(fit_logits(state, fit, images), float(temperature)))
     return np.mean(probabilities, axis=0)
-
-
-def compare_ensemble(
-    state: DesignRun,
-    finalists: list[tuple[Design, Fit]],
-    kept_scores: np.ndarray,
-    final: dict[str, Any],
-) -> bool:
-    """The finalists' ensemble (the mean of their calibrated probabilities) is scored on
-    the meta images every finalist may be scored on, against the kept finalist there; kept when
-    it is better by more than one standard error of the paired difference (by any margin
-    without ``design.one_standard_error``): the simplest model within one standard error wins,
-    as everywhere in the choice. Records the comparison in ``final["ensemble"]``; returns
-    whether the ensemble is kept. ``kept_scores`` are the kept finalist's per-image meta scores
-    (M,), NaN where it may not be scored."""
-    fits = [fit for _, fit in finalists]
-    meta = state.splits.meta
-    scored = np.logical_and.reduce([fit.scored for fit in fits])
-    labels = meta.labels[scored]
-    k = state.splits.num_classes
-    # The log of the mean probability is the ensemble's logit: its softmax gives them back.
-    log_mean = np.log(np.clip(ensemble_probabilities(state, fits, meta.images[scored]), 1e-12, 1))
-    ensemble = per_image_score(log_mean, labels, k, state.config.design.score)
-    single = kept_scores[scored]
-    difference, standard_error = weighted_difference(ensemble, single, labels, k)
-    # The one-standard-error rule of the whole choice: the ensemble is the more complex model,
-    # so it must beat the single finalist by more than the error of the difference.
-    margin = standard_error if state.config.design.one_standard_error else 0.0
-    keep = difference + margin <= 0.0
-    final["ensemble"] = {
-        "members": [design.describe() for design, _ in finalists],
-        "score": scored_balanced_mean(ensemble, labels, k),
-        "kept_finalist_score": scored_balanced_mean(single, labels, k),
-        "difference": difference,
-        "standard_error": standard_error,
-        "scored_images": int(scored.sum()),
-        "kept": keep,
-    }
-    return keep
 
 
 def ensemble_run(state: DesignRun, fits: list[Fit]) -> RunResult:

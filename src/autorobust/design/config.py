@@ -47,10 +47,10 @@ class DesignConfig(StrictModel):
     adjustment at trial fidelity and lost at full), so the choice is made among at least two
     designs trained in full. The budget keeps their continuation free."""
     ensemble: bool = True
-    """Keep the finalists' ensemble (the mean of their calibrated probabilities) as the design's
-    model where its meta score beats the kept finalist's by more than one standard error of
-    their paired difference (by any margin without ``one_standard_error``): it is the more
-    complex model, so the one-standard-error rule of the choice applies to it too. Its members
+    """Let the finalists' ensemble (the mean of their calibrated probabilities) be one more
+    candidate of the choice at full epochs, the most complex: the one-standard-error rule then
+    keeps it only where its meta score beats every finalist's by more than one standard error of
+    their paired difference (without ``one_standard_error``: where it scores best). Its members
     are trained already, so it costs no training; a model a user loads (``autorobust predict``,
     ``autorobust.load_model``, ``autorobust export``) is then the ensemble. Measured on
     Fashion-MNIST ρ = 100 with 40% symmetric noise (1,500 images per class, 10 epochs, seed 0): a

@@ -20,9 +20,8 @@ trained on the schedule of ``train.epochs``, paused and continued from its check
    cross-fitted over its two halves. The study stops when the next trial would leave too little
    of ``design.budget`` for the finalists' continuation.
 4. **Finalists.** The ``design.finalists`` best continue to ``train.epochs``; the simplest within
-   one standard error of the best there is kept, or their ensemble where it is better by more
-   than one standard error
-   (``design.ensemble``); it becomes ``run_dir/best``, measured on the test split.
+   one standard error of the best there is kept, their ensemble (``design.ensemble``) being one
+   more candidate, the most complex; it becomes ``run_dir/best``, measured on the test split.
 5. **Refit** (``design.refit``): the kept single design trained again on the pool plus the meta
    images (``run_dir/refit``), when what is left of the budget pays for it. Then **the report**
    (``design.md``, ``design.json``, plots).

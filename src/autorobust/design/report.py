@@ -129,13 +129,20 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
         ]
         ensemble = final.get("ensemble")
         if ensemble:
-            verdict = "kept: it is the design's model" if ensemble["kept"] else "not kept"
+            verdict = (
+                "kept: it is the design's model (`best/ensemble.json`)"
+                if ensemble["kept"]
+                else "not kept"
+            )
             lines[-2:-2] = [
-                f"Their ensemble (the mean of their calibrated probabilities) scored "
-                f"{ensemble['score']:.4f} against {ensemble['kept_finalist_score']:.4f} for the "
-                f"kept finalist on the {ensemble['scored_images']} meta images both may be "
-                f"scored on (difference {ensemble['difference']:+.4f} ± "
-                f"{ensemble['standard_error']:.4f}): {verdict} (`best/ensemble.json`).",
+                "Their ensemble (the mean of their calibrated probabilities) is one more "
+                "candidate, the most complex, so it is kept only when it beats every finalist "
+                f"by more than one standard error. It scored {ensemble['score']:.4f} against "
+                f"{ensemble['best_finalist_score']:.4f} for the best finalist on the "
+                f"{ensemble['scored_images']} meta images both may be scored on (difference "
+                f"{ensemble['difference']:+.4f} ± {ensemble['standard_error']:.4f}): {verdict}. "
+                "The differences in the table below are to the best candidate, the ensemble "
+                "included.",
                 "",
             ]
         for row in final["candidates"]:

@@ -31,11 +31,14 @@ from autorobust.design.config import MetaScore
 from autorobust.train.calibration import balanced_mean, fit_temperature, per_image_log_loss
 
 __all__ = [
+    "ENSEMBLE_KEY",
     "SCORE_LABELS",
+    "FinalistChoice",
     "MetaScore",
     "ScoredDesign",
     "balanced_mean",
     "calibrated_log_loss",
+    "choose_finalist",
     "choose_within_one_standard_error",
     "fit_temperature",
     "per_image_log_loss",
@@ -187,3 +190,62 @@ def choose_within_one_standard_error(
             candidates.append(design)
     chosen = min(candidates, key=lambda d: (d.complexity, scores[d.key]))
     return best.key, chosen.key, rows
+
+
+ENSEMBLE_KEY = -1
+"""The key of the finalists' ensemble among the candidates of :func:`choose_finalist`."""
+
+
+@dataclass(frozen=True)
+class FinalistChoice:
+    """What :func:`choose_finalist` decided.
+
+    Attributes:
+        kept: key of the kept single design (with the ensemble kept: the simplest finalist within
+            one standard error of the best finalist, the design the report names).
+        ensemble_kept: whether the ensemble is the design's model.
+        best_single: key of the finalist with the best score.
+        rows: one row per candidate (the ensemble's key is ``ENSEMBLE_KEY``), as
+            :func:`choose_within_one_standard_error` gives them.
+    """
+
+    kept: int
+    ensemble_kept: bool
+    best_single: int
+    rows: list[dict[str, float]]
+
+
+def choose_finalist(
+    finalists: Sequence[ScoredDesign],
+    ensemble: ScoredDesign | None,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    one_standard_error: bool = True,
+) -> FinalistChoice:
+    """The choice among the finalists at full epochs and their ensemble.
+
+    The ensemble (per-image scores NaN where some member may not be scored) is one more
+    candidate, ordered after its members in simplicity, so the one-standard-error rule keeps it
+    only where it beats every finalist by more than one standard error; without
+    ``one_standard_error`` the best score wins. (Compared only with the finalist the rule kept,
+    an ensemble can win against a simpler and worse finalist while the best finalist alone is
+    as good as the ensemble.)
+
+    Args:
+        finalists: the scored finalists (at least one).
+        ensemble: their ensemble, or None (one finalist, or ``design.ensemble`` off).
+        labels: int (M,), the meta images' labels, in the order of every ``losses``.
+        num_classes: K.
+        one_standard_error: keep the simplest within one standard error of the best.
+    """
+    best_single, kept_single, _ = choose_within_one_standard_error(finalists, labels, num_classes)
+    if not one_standard_error:
+        kept_single = best_single
+    candidates = [*finalists, ensemble] if ensemble is not None else list(finalists)
+    best, kept, rows = choose_within_one_standard_error(candidates, labels, num_classes)
+    if not one_standard_error:
+        kept = best
+    if kept == ENSEMBLE_KEY:
+        return FinalistChoice(kept_single, True, best_single, rows)
+    return FinalistChoice(kept, False, best_single, rows)
