@@ -24,6 +24,7 @@ from typing import Any
 from _common import run_overrides
 
 BASE = "fashion-mnist-lt100-sym40"
+META_PER_CLASS = 10  # data.meta_per_class of the issue's protocol (rows without the field)
 REWEIGHT = "fashion-mnist-lt100-sym40-reweight"
 NUM_CLASSES = 10
 METHODS = (
@@ -150,7 +151,7 @@ def unit_key(row: dict[str, Any]) -> str:
     if row.get("method") == "design" and row.get("design_refit") is None:
         row = {**row, "design_refit": False}  # measured before design.refit existed
     if row.get("meta_per_class") is None:
-        row = {**row, "meta_per_class": 10}  # measured before the meta set's size was a flag
+        row = {**row, "meta_per_class": META_PER_CLASS}  # measured before it was a flag
     return json.dumps([row.get(field) for field in KEY_FIELDS])
 
 
@@ -159,7 +160,7 @@ def cell_overrides(job: dict[str, Any], run_dir: str) -> list[str]:
     quiet trainer, ``run_dir``), the meta set (10 per class unless the job says), ρ, the cell's
     noise and n_max."""
     shared = [o for o in run_overrides({**job, "noise": 0}, run_dir) if "shift.noise" not in o]
-    meta = job.get("meta_per_class") or 10
+    meta = job.get("meta_per_class") or META_PER_CLASS
     overrides = [*shared, f"data.meta_per_class={meta}", f"shift.rho={job['rho']}"]
     overrides += NOISES[job["noise"]]
     if job["n_max"] is not None:

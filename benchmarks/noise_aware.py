@@ -83,6 +83,7 @@ from typing import get_args
 from _common import add_run_arguments, doc_link, write_results
 from _noise_aware_summary import NOISE_NAMES, failures, plot_budget, summary_markdown
 from _noise_aware_units import (
+    META_PER_CLASS,
     METHODS,
     MWNET_STEPS,
     NOISES,
@@ -225,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-max", type=int, default=None, help="shift.n_max (None: all)")
     parser.add_argument(
-        "--meta-per-class", type=int, default=10, help="data.meta_per_class: the clean images"
+        "--meta-per-class",
+        type=int,
+        default=META_PER_CLASS,
+        help="data.meta_per_class: the clean images",
     )
     parser.add_argument("--budget", type=float, default=3.0, help="design.budget of the grid")
     parser.add_argument(

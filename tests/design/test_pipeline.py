@@ -400,10 +400,10 @@ def test_the_finalists_ensemble_is_scored_fairly_and_loads_as_one_model(tmp_path
     ensemble = ScoredDesign(ENSEMBLE_KEY, ensemble_complexity([d for d, _ in finalists]), scores)
     assert ensemble.complexity > max(d.complexity for d, _ in finalists)
     first = ScoredDesign(0, finalists[0][0].complexity, meta_scores(state, [finalists[0][1]]))
-    row = ensemble_summary(ensemble, first, finalists, splits.meta.labels, 10)
+    row = ensemble_summary(ensemble, first, finalists, splits.meta.labels, 10, kept=False)
     assert row["difference"] == pytest.approx(row["score"] - row["best_finalist_score"])
     assert row["scored_images"] == 50 and row["standard_error"] > 0.0
-    assert row["members"] == [d.describe() for d, _ in finalists]
+    assert row["members"] == [d.describe() for d, _ in finalists] and row["kept"] is False
     result = ensemble_run(state, [fit for _, fit in finalists])
     best = tmp_path / "e" / "best"
     loaded = load_model(best)

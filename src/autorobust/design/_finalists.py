@@ -104,8 +104,9 @@ def promote_finalists(
     }
     if ensemble is not None:
         best = next(d for d in scored if d.key == choice.best_single)
-        summary["ensemble"] = ensemble_summary(ensemble, best, ordered, labels, k)
-        summary["ensemble"]["kept"] = choice.ensemble_kept
+        summary["ensemble"] = ensemble_summary(
+            ensemble, best, ordered, labels, k, kept=choice.ensemble_kept
+        )
     chosen_row = next(r for r in table if r["chosen"])
     if choice.ensemble_kept:
         return chosen_row, [fit for _, fit in ordered], summary
@@ -143,10 +144,12 @@ def ensemble_summary(
     finalists: list[tuple[Design, Fit]],
     labels: np.ndarray,
     num_classes: int,
+    *,
+    kept: bool,
 ) -> dict[str, Any]:
     """What the report says of the ensemble: its members, its score and the best finalist's on
     the meta images every member may be scored on, their paired difference and its standard
-    error, and how many images that is (``kept`` is set by the caller)."""
+    error, how many images that is, and whether it was ``kept``."""
     scored = np.isfinite(ensemble.losses)
     difference, standard_error = weighted_difference(
         ensemble.losses, best.losses, labels, num_classes
@@ -160,7 +163,7 @@ def ensemble_summary(
         "difference": difference,
         "standard_error": standard_error,
         "scored_images": int(scored.sum()),
-        "kept": False,
+        "kept": kept,
     }
 
 
