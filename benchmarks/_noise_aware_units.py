@@ -142,6 +142,8 @@ def design_version() -> str:
         # set, after the leading references, and averaged with the probe's (transition designs
         # trained later read the average).
         "noise_model": "average of the probe's and the second look's",
+        # Finalists: the best of each noise treatment first (absent: the best by score).
+        **({"finalists": "across treatments"} if defaults.finalists_across_treatments else {}),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 

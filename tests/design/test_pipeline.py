@@ -250,6 +250,7 @@ def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_pat
         tmp_path / "r",
         "design.treatments=[none,selection]",
         "design.reference_final=true",
+        "design.finalists_across_treatments=true",
         "design.max_trials=3",
         "design.budget=4",
         "design.ensemble=false",
@@ -259,8 +260,12 @@ def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_pat
     summary = json.loads((tmp_path / "r" / "design.json").read_text())
     final = summary["final"]
     names = [row["name"] for row in final["candidates"]]
-    # The reference is a finalist whatever its first-rung score; with it, the best other trial.
+    # The reference is a finalist whatever its first-rung score; with it, the best trial of
+    # another treatment (a selection).
     assert len(names) == 2 and REFERENCE_DESIGNS[0].describe() in names
+    assert [c["design"]["treatment"] for c in summary["trials"] if c["finalist"]].count(
+        "selection"
+    ) == 1
     finalists = [row for row in summary["trials"] if row["finalist"]]
     assert sorted(row["name"] for row in finalists) == sorted(names)
     assert sum(row["kept"] for row in final["candidates"]) == 1
@@ -281,8 +286,54 @@ def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_pat
     assert left == [Path("best/checkpoint.pt"), Path("probe/checkpoint.pt")]
     report = outcome.report.read_text()
     assert "### Finalists at full epochs" in report
+    assert "the reference design and the best design of each noise treatment" in report
     assert summary["score"] == "calibrated_log_loss"
     assert "calibrated balanced meta log-loss" in report
+
+
+def test_the_finalists_are_the_best_of_each_treatment_then_the_best_of_the_rest() -> None:
+    import optuna
+
+    from autorobust.design._study import finalist_trials
+    from autorobust.design.config import DesignConfig
+
+    posterior = LEADING_REFERENCE_DESIGNS[3]
+    assert posterior.treatment == "selection" and posterior.detector == "posterior"
+    scored = [  # (first-rung score, design): two selections lead, as they do at a third
+        (0.35, ROLT_DESIGN),  # of the epochs on Fashion-MNIST
+        (0.45, posterior),
+        (0.61, MWNET_DESIGN),
+        (0.72, AUTOBALANCE_DESIGN),
+        (0.83, REFERENCE_DESIGNS[0]),
+    ]
+    study = optuna.create_study()
+    for value, design in scored:
+        study.add_trial(
+            optuna.trial.create_trial(value=value, user_attrs={"design": design.to_dict()})
+        )
+    done = study.get_trials()
+
+    def names(**settings) -> list[str]:
+        chosen = finalist_trials(DesignConfig(**settings), done)
+        return [Design.from_dict(t.user_attrs["design"]).describe() for t in chosen]
+
+    # By default the two best by score: two selections.
+    assert names() == [ROLT_DESIGN.describe(), posterior.describe()]
+    # Across treatments: the best selection, then the best of another treatment (MW-Net).
+    across = {"finalists_across_treatments": True}
+    assert names(**across) == [ROLT_DESIGN.describe(), MWNET_DESIGN.describe()]
+    # Three treatments among four finalists: the fourth is the best of the rest.
+    assert names(**across, finalists=4) == [
+        d.describe() for d in (ROLT_DESIGN, MWNET_DESIGN, AUTOBALANCE_DESIGN, posterior)
+    ]
+    # The reference first, then the best of a treatment other than its own (none).
+    assert names(**across, reference_final=True) == [
+        REFERENCE_DESIGNS[0].describe(), ROLT_DESIGN.describe()
+    ]  # fmt: skip
+    assert names(reference_final=True) == [
+        REFERENCE_DESIGNS[0].describe(), ROLT_DESIGN.describe()
+    ]  # fmt: skip
+    assert names(**across, reference_final=True, finalists=1) == [REFERENCE_DESIGNS[0].describe()]
 
 
 def test_a_paused_run_continues_to_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def promote_finalists(
     comparison's summary); the table's ``chosen`` flags are set to the chosen trial (with an
     ensemble kept: the simplest finalist within one standard error of the best finalist)."""
     started = time.process_time()
-    finalists = finalist_trials(state, finished_trials(study))
+    finalists = finalist_trials(state.config.design, finished_trials(study))
     epochs = state.config.train.epochs
     runs: dict[int, tuple[Design, Fit]] = {}
     scored, cost = [], 0.0

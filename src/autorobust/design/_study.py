@@ -105,23 +105,37 @@ def finished_trials(study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
-def finalist_trials(state: DesignRun, done: list[Any]) -> list[Any]:
-    """The trials that continue to ``train.epochs``: the ``design.finalists`` best by their
-    first-rung score (the reference design among them with ``design.reference_final``)."""
+def finalist_trials(settings: DesignConfig, done: list[Any]) -> list[Any]:
+    """The trials that continue to ``train.epochs``, ``design.finalists`` of them: the reference
+    design first with ``design.reference_final``; then, with
+    ``design.finalists_across_treatments``, the best of each treatment not yet among them, in
+    the order of their first-rung scores; then the best of the rest."""
     ranked = sorted(done, key=lambda t: (t.value, t.number))
-    count = state.config.design.finalists
-    if state.config.design.reference_final:
-        reference = [t for t in ranked if Design.from_dict(t.user_attrs["design"]) == PROBE_DESIGN]
-        others = [t for t in ranked if t not in reference]
-        return reference[:1] + others[: count - len(reference[:1])]
-    return ranked[:count]
+
+    def design(t: Any) -> Design:
+        return Design.from_dict(t.user_attrs["design"])
+
+    chosen = (
+        [t for t in ranked if design(t) == PROBE_DESIGN][:1] if settings.reference_final else []
+    )
+    if settings.finalists_across_treatments:
+        for t in ranked:
+            if len(chosen) < settings.finalists and all(
+                design(t).treatment != design(c).treatment for c in chosen
+            ):
+                chosen.append(t)
+    chosen += [t for t in ranked if t not in chosen][: max(settings.finalists - len(chosen), 0)]
+    return chosen
 
 
 def continuation_reserve(state: DesignRun, done: list[Any], continuation: float | None) -> float:
     """Sample-epochs to keep free for the finalists' continuation, if the next trial (whose
     continuation costs ``continuation``; None: no next trial) may become one of the finalists.
     The refit is not reserved: it runs when what is left pays for it (``design.refit``)."""
-    costs = [t.user_attrs["continuation_sample_epochs"] for t in finalist_trials(state, done)]
+    costs = [
+        t.user_attrs["continuation_sample_epochs"]
+        for t in finalist_trials(state.config.design, done)
+    ]
     reserve = float(sum(costs))
     if continuation is None:
         return reserve
@@ -276,7 +290,7 @@ def choose_at_first_rung(
     if not state.config.design.one_standard_error:
         chosen = best
     by_number = {t.number: t for t in done}
-    finalists = {t.number for t in finalist_trials(state, done)}
+    finalists = {t.number for t in finalist_trials(state.config.design, done)}
     table = []
     for row in sorted(rows, key=lambda r: r["score"]):
         trial = by_number[row["key"]]

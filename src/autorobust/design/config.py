@@ -46,6 +46,17 @@ class DesignConfig(StrictModel):
     at full epochs (measured on Fashion-MNIST ρ = 100, 40% symmetric: a selection led logit
     adjustment at trial fidelity and lost at full), so the choice is made among at least two
     designs trained in full. The budget keeps their continuation free."""
+    finalists_across_treatments: bool = False
+    """Choose the finalists across noise treatments: the best first-rung design of each
+    treatment, in the order of their scores, then (with fewer treatments than ``finalists``) the
+    best of the rest. Designs of different treatments converge at different speeds, so the first
+    rung ranks them less reliably than designs of one treatment: measured on Fashion-MNIST
+    (look-alike confusions, ρ = 50, 5 meta images per class, 2 seeds), selections led at a
+    third of the epochs by 3 to 7 points on the test split and ended level with or below
+    AutoBalance and logit adjustment on the whole pool, which the top two by score (both
+    selections) never continued. Off by default: on 12 runs of the noise-aware benchmark it
+    changed 3, balanced accuracy +0.07 points on average (+1.5 where it kept AutoBalance, −1.0
+    where AutoBalance was the worse) and the worst class −3.4 points (docs/benchmarks.md)."""
     ensemble: bool = True
     """Let the finalists' ensemble (the mean of their calibrated probabilities) be one more
     candidate of the choice at full epochs, the most complex: the one-standard-error rule then

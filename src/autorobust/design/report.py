@@ -115,10 +115,19 @@ def write_report(run_dir: Path, summary: dict[str, Any], state: DesignRun) -> Pa
     lines.append("")
     final = summary.get("final")
     if final:
+        settings = state.config.design
+        which = (
+            "best design of each noise treatment at the first rung (in the order of their "
+            "scores, then the best of the rest)"
+            if settings.finalists_across_treatments
+            else "best designs of the first rung"
+        )
+        if settings.reference_final:
+            which = f"reference design and the {which}"
         lines += [
             "### Finalists at full epochs",
             "",
-            f"The {len(final['candidates'])} best designs of the first rung continued to "
+            f"The {len(final['candidates'])} finalists, the {which}, continued to "
             f"{final['epochs']} epochs (the rest of their schedule) and were compared there by "
             f"their {label}; the simplest within one standard error of the best is kept. A "
             "design fitted on the meta set (MW-Net, AutoBalance) is scored only on the half it "
