@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -23,7 +24,8 @@ from autorobust.design._fits import design_fits, design_splits, meta_scores, tra
 from autorobust.design._probe import run_probe, take_second_look
 from autorobust.design._refit import with_meta_in_pool
 from autorobust.design._state import DesignRun
-from autorobust.design._study import costliest_factors
+from autorobust.design._study import costliest_factors, finalist_trials
+from autorobust.design.config import DesignConfig
 from autorobust.design.pipeline import design_run_config, run_design
 from autorobust.design.scoring import ENSEMBLE_KEY, ScoredDesign, choose_finalist
 from autorobust.design.space import (
@@ -292,11 +294,6 @@ def test_finalists_continue_to_full_epochs_and_the_kept_one_becomes_best(tmp_pat
 
 
 def test_the_finalists_are_the_best_of_each_treatment_then_the_best_of_the_rest() -> None:
-    import optuna
-
-    from autorobust.design._study import finalist_trials
-    from autorobust.design.config import DesignConfig
-
     posterior = LEADING_REFERENCE_DESIGNS[3]
     assert posterior.treatment == "selection" and posterior.detector == "posterior"
     scored = [  # (first-rung score, design): two selections lead, as they do at a third
